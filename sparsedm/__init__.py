@@ -1,0 +1,7 @@
+"""sparsedm: 2:4 semi-structured sparse and int8 inference for diffusion models."""
+
+from sparsedm._version import __version__
+from sparsedm import formats, ops
+from sparsedm.ops import BackendUnavailableError, use_backend
+
+__all__ = ["__version__", "formats", "ops", "BackendUnavailableError", "use_backend"]

@@ -1,0 +1,79 @@
+"""The backends sparsedm knows, with probes that say what each one needs.
+
+Kernels are registered by the module that implements them: the reference kernels here, the
+Triton kernels by ``sparsedm.kernels`` (kernels/triton), the CUDA ones by the ``sparsedm._C``
+glue. A backend with no kernels reports itself unavailable, so ``sparsedm info`` never claims
+more than the installed version can do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+from sparsedm import _ext
+from sparsedm.ops import reference, registry
+from sparsedm.ops.library import OPS
+
+
+def _cuda_device_reason() -> Optional[str]:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a build without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+def _probe_triton() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton; Linux only)"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    reason = _cuda_device_reason()
+    if reason is not None:
+        return f"{reason}; set TRITON_INTERPRET=1 to run the Triton kernels in the CPU interpreter (slow, for tests)"
+    return None
+
+
+def _probe_cuda() -> Optional[str]:
+    if _ext.C is None:
+        return f"the compiled extension sparsedm._C is missing: {_ext.import_error}"
+    info = _ext.C.build_info()
+    if not info.get("cuda"):
+        return f"sparsedm._C was built without CUDA: {info.get('why_cpu_only') or 'SPARSEDM_CUDA=0'}"
+    return _cuda_device_reason()
+
+
+def _probe_cusparselt() -> Optional[str]:
+    reason = _cuda_device_reason()
+    if reason is not None:
+        return reason
+    if not hasattr(torch, "_cslt_sparse_mm") or not torch.backends.cusparselt.is_available():
+        return f"torch {torch.__version__} was built without cuSPARSELt"
+    return None
+
+
+def _probe_cutlass() -> Optional[str]:
+    reason = _cuda_device_reason()
+    if reason is not None:
+        return reason
+    major, minor = torch.cuda.get_device_capability()
+    if major != 8:
+        return f"torch's CUTLASS 2:4 kernels run on compute capability 8.x only; this GPU is {major}.{minor}"
+    return None
+
+
+registry.register_backend("reference", "plain torch on the decompressed weight; any device (the oracle)", lambda: None)
+registry.register_backend(
+    "triton", "Triton kernels (sparsedm.kernels)", _probe_triton, loader=lambda: importlib.import_module("sparsedm.kernels")
+)
+registry.register_backend("cuda", "hand-written mma.sp / int8 mma CUDA kernels (sparsedm._C)", _probe_cuda)
+registry.register_backend("cusparselt", "torch._cslt_sparse_mm (cuSPARSELt)", _probe_cusparselt)
+registry.register_backend("cutlass", "torch._sparse_semi_structured_linear (CUTLASS, sm_8x)", _probe_cutlass)
+registry.register_backend("dense", "cuBLAS/cuDNN on the decompressed weight", _cuda_device_reason)
+
+for _op in OPS:
+    registry.register_kernel(_op, "reference", getattr(reference, _op))

@@ -1,0 +1,215 @@
+"""Backend registry: which implementation runs each ``sparsedm::`` op.
+
+A backend is a name, a probe that says whether it can run on this machine (and why not),
+and a table of kernels, one per op. A kernel may also say which arguments it cannot handle
+(``supports``), e.g. a CUDA kernel given CPU tensors.
+
+Choice, for each call:
+
+1. a backend forced for the call (``backend=`` of the Python wrappers, :func:`use_backend`),
+   else the ``SPARSEDM_BACKEND`` environment variable (``auto`` means "not forced");
+2. a forced backend must run the call: unknown name, unavailable backend, missing kernel or
+   unsupported arguments raise :class:`BackendUnavailableError`; there is no silent fallback;
+3. otherwise the first backend in :data:`PRIORITY` that is available, has the kernel and
+   supports the arguments; ``reference`` runs everything, so the search always ends.
+
+Adding a backend is ``register_backend(...)`` plus ``register_kernel(...)`` per op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+log = logging.getLogger("sparsedm.ops")
+
+__all__ = [
+    "BackendUnavailableError",
+    "Backend",
+    "Kernel",
+    "PRIORITY",
+    "register_backend",
+    "register_kernel",
+    "get_backend",
+    "backends",
+    "backend_status",
+    "forced_backend",
+    "use_backend",
+    "select",
+    "run",
+    "dispatch_counts",
+]
+
+# Preferred order when nothing is forced: hand-written CUDA first, the portable paths last.
+PRIORITY = ("cuda", "cusparselt", "cutlass", "triton", "dense", "reference")
+
+ENV_VAR = "SPARSEDM_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run the requested op on the given arguments."""
+
+
+@dataclass
+class Kernel:
+    fn: Callable[..., Any]
+    # Returns None when the kernel can run these op arguments, else the reason it cannot.
+    supports: Optional[Callable[..., Optional[str]]] = None
+
+
+@dataclass
+class Backend:
+    name: str
+    summary: str
+    # Returns None when usable on this machine, else the reason (naming what is missing).
+    probe: Callable[[], Optional[str]]
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    # Imports the module that registers this backend's kernels; run once, on first use, so
+    # that `import sparsedm` does not pay for importing triton or the extension.
+    loader: Optional[Callable[[], None]] = None
+    load_error: Optional[str] = None
+
+    def _load(self) -> None:
+        loader, self.loader = self.loader, None
+        if loader is not None:
+            try:
+                loader()
+            except Exception as exc:
+                self.load_error = f"loading its kernels failed: {type(exc).__name__}: {exc}"
+
+    def unavailable_reason(self) -> Optional[str]:
+        try:
+            reason = self.probe()
+        except Exception as exc:  # a probe must never take the process down
+            reason = f"probe failed: {type(exc).__name__}: {exc}"
+        if reason is None:
+            self._load()
+            reason = self.load_error
+        if reason is None and not self.kernels:
+            reason = "no kernels are registered for this backend in this version of sparsedm"
+        return reason
+
+
+_BACKENDS: dict[str, Backend] = {}
+_LOCAL = threading.local()
+# (op, backend) -> number of calls dispatched; lets tests prove which kernel really ran.
+dispatch_counts: Counter = Counter()
+
+
+def register_backend(
+    name: str, summary: str, probe: Callable[[], Optional[str]], loader: Optional[Callable[[], None]] = None
+) -> Backend:
+    """Register (or replace the probe and loader of) a backend; returns it."""
+    if name in _BACKENDS:
+        backend = _BACKENDS[name]
+        backend.summary, backend.probe, backend.loader = summary, probe, loader
+    else:
+        backend = _BACKENDS[name] = Backend(name, summary, probe, loader=loader)
+    return backend
+
+
+def register_kernel(op: str, backend: str, fn: Callable[..., Any], supports: Optional[Callable[..., Optional[str]]] = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``sparsedm::op``.
+
+    ``fn`` takes the op's arguments in schema order and returns its outputs.
+    """
+    if backend not in _BACKENDS:
+        raise KeyError(f"unknown backend {backend!r}; call register_backend first")
+    _BACKENDS[backend].kernels[op] = Kernel(fn, supports)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}; known backends: {', '.join(sorted(_BACKENDS))} "
+            f"(or 'auto' to let sparsedm choose)"
+        ) from None
+
+
+def backends() -> list[Backend]:
+    """All registered backends, in priority order."""
+    rank = {name: i for i, name in enumerate(PRIORITY)}
+    return sorted(_BACKENDS.values(), key=lambda b: (rank.get(b.name, len(PRIORITY)), b.name))
+
+
+def backend_status() -> list[tuple[str, bool, str, list[str]]]:
+    """``(name, available, reason or summary, ops)`` for every backend."""
+    rows = []
+    for b in backends():
+        reason = b.unavailable_reason()
+        rows.append((b.name, reason is None, reason or b.summary, sorted(b.kernels)))
+    return rows
+
+
+def forced_backend() -> Optional[str]:
+    """The backend forced for this thread (``use_backend``) or by ``SPARSEDM_BACKEND``."""
+    name = getattr(_LOCAL, "backend", None)
+    if name is None:
+        name = os.environ.get(ENV_VAR) or None
+    if name is not None:
+        name = name.strip().lower()
+        if name in ("", "auto"):
+            return None
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Force ``name`` for the ops called inside the block (``None``/``"auto"``: no change)."""
+    if name is None or name.strip().lower() == "auto":
+        yield
+        return
+    get_backend(name.strip().lower())  # unknown names fail here, before any op runs
+    previous = getattr(_LOCAL, "backend", None)
+    _LOCAL.backend = name.strip().lower()
+    try:
+        yield
+    finally:
+        _LOCAL.backend = previous
+
+
+def _why_not(backend: Backend, op: str, args: tuple) -> Optional[str]:
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return reason
+    kernel = backend.kernels.get(op)
+    if kernel is None:
+        return f"it has no kernel for {op} (it has: {', '.join(sorted(backend.kernels))})"
+    if kernel.supports is not None:
+        return kernel.supports(*args)
+    return None
+
+
+def select(op: str, args: tuple) -> tuple[str, Kernel]:
+    """Choose the backend and kernel for one call of ``op`` (see the module docstring)."""
+    forced = forced_backend()
+    if forced is not None:
+        backend = get_backend(forced)
+        reason = _why_not(backend, op, args)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {forced!r} was forced (backend= or {ENV_VAR}) but cannot run {op}: {reason}. "
+                f"Unset {ENV_VAR} or pass backend='auto' to let sparsedm choose; "
+                f"`sparsedm info` lists what each backend needs"
+            )
+        return forced, backend.kernels[op]
+    for backend in backends():
+        if _why_not(backend, op, args) is None:
+            return backend.name, backend.kernels[op]
+    raise BackendUnavailableError(f"no registered backend can run {op} on these arguments")
+
+
+def run(op: str, *args: Any) -> Any:
+    """Dispatch one call of ``sparsedm::op``."""
+    name, kernel = select(op, args)
+    dispatch_counts[(op, name)] += 1
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s -> %s", op, name)
+    return kernel.fn(*args)
