@@ -1,0 +1,44 @@
+"""Shared pieces of the Triton launchers: device checks and epilogue codes."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# Activation codes passed to kernels as a constexpr (order = sparsedm.ops.checks.ACTIVATIONS).
+ACTIVATION_CODE = {"none": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """None when Triton can run on these tensors' device, else why not (for ``supports``)."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type == "cuda":
+            continue
+        if t.device.type == "cpu" and INTERPRET:
+            continue
+        return (
+            f"the Triton kernels need CUDA tensors (got {t.device}); CPU tensors run only under "
+            f"TRITON_INTERPRET=1 set before sparsedm is imported"
+        )
+    return None
+
+
+@triton.jit
+def apply_activation(y, ACTIVATION: tl.constexpr):
+    """Epilogue activation on a float32 tile; codes as in ACTIVATION_CODE."""
+    if ACTIVATION == 1:  # gelu (erf)
+        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    elif ACTIVATION == 2:  # gelu_tanh: 0.5 y (1 + tanh(sqrt(2/pi) (y + 0.044715 y^3)))
+        inner = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        y = 0.5 * y * (2.0 - 2.0 / (1.0 + tl.exp(2.0 * inner)))
+    elif ACTIVATION == 3:  # silu
+        y = y / (1.0 + tl.exp(-y))
+    return y

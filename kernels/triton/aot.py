@@ -1,0 +1,90 @@
+"""Ahead-of-time compilation of the Triton kernels for GPUs this machine does not have.
+
+``compile_for`` builds one kernel configuration for a compute capability with
+``triton.compile`` and a ``GPUTarget``, and reports what a kernel engineer checks without a
+GPU: the tensor-core instructions in the PTX, registers, spills and shared memory (read from
+the cubin with the ``cuobjdump`` that ships inside the triton wheel). It works with
+``TRITON_INTERPRET=1`` set, by compiling the kernel's Python function afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+__all__ = ["CompiledConfig", "compile_for", "tensor_core_instructions"]
+
+_MMA = re.compile(r"\b(mma\.sync\.aligned\.[\w.]+|mma\.sp[\w:.]*|wgmma\.mma_async[\w.]*)")
+_RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+@dataclass
+class CompiledConfig:
+    cc: int
+    ptx: str
+    registers: int | None
+    stack_bytes: int | None
+    local_bytes: int | None  # spills land in local memory
+    shared_bytes: int
+    sass: str | None
+
+    @property
+    def mma(self) -> list[str]:
+        return tensor_core_instructions(self.ptx)
+
+
+def tensor_core_instructions(ptx: str) -> list[str]:
+    """Distinct ``mma`` / ``mma.sp`` / ``wgmma`` instruction spellings in a PTX listing."""
+    return sorted(set(_MMA.findall(ptx)))
+
+
+def _cuda_tool(name: str) -> str | None:
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else None
+
+
+def _cubin_report(cubin: bytes, want_sass: bool):
+    tool = _cuda_tool("cuobjdump")
+    if tool is None:
+        return None, None, None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout if want_sass else None
+    m = _RES.search(res)
+    if m is None:
+        return None, None, None, sass
+    regs, stack, _shared, local = (int(v) for v in m.groups())
+    return regs, stack, local, sass
+
+
+def compile_for(
+    kernel: Any,
+    signature: Mapping[str, str],
+    constexprs: Mapping[str, Any],
+    cc: int,
+    *,
+    num_warps: int = 4,
+    num_stages: int = 3,
+    want_sass: bool = False,
+) -> CompiledConfig:
+    """Compile ``kernel`` for ``sm_{cc}``.
+
+    ``signature`` maps every argument to a Triton type (``"*fp16"``, ``"i32"``,
+    ``"constexpr"``...); ``constexprs`` gives the constexpr values.
+    """
+    fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+    src = ASTSource(fn=fn, signature=dict(signature), constexprs=dict(constexprs))
+    compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    regs, stack, local, sass = _cubin_report(compiled.asm["cubin"], want_sass)
+    return CompiledConfig(cc, compiled.asm["ptx"], regs, stack, local, int(compiled.metadata.shared), sass)
