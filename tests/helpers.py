@@ -1,0 +1,40 @@
+"""Shared test helpers: random 2:4 weights and error reports."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsedm.formats import compress24, mask24
+
+# (dtype, rtol) for comparing against a float64 oracle: about what torch itself achieves
+# when it computes in that precision with fp32 accumulation.
+TOLERANCES = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator(seed), dtype=torch.float32).to(dtype)
+
+
+def sparse_weight(shape, dtype=torch.float32, seed=0):
+    """A random 2:4 weight (masked by the DESIGN rule) and its canonical (values, meta)."""
+    w = randn(*shape, seed=seed)
+    w = (w * mask24(w)).to(dtype)
+    values, meta = compress24(w)
+    return w, values, meta
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
+    """Relative error ||a - e||_max / ||e||_max <= rtol, printing max and mean error on failure."""
+    actual64, expected64 = actual.double(), expected.double()
+    assert not torch.isnan(actual64).any(), f"{what}: NaN in output"
+    err = (actual64 - expected64).abs()
+    scale = expected64.abs().max().clamp_min(1e-12)
+    rel = float(err.max() / scale)
+    assert rel <= rtol, (
+        f"{what}: relative error {rel:.3e} > {rtol:.1e} (max abs err {float(err.max()):.3e}, "
+        f"mean abs err {float(err.mean()):.3e}, max |expected| {float(scale):.3e})"
+    )
