@@ -1,0 +1,5 @@
+import sys
+
+from sparsedm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""The ``sparsedm`` command.
+
+Subcommands: ``info`` (version, devices, backends). Converting, sampling and benchmarking
+arrive as their own subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+import sparsedm
+from sparsedm import _ext
+from sparsedm.ops import backend_status
+
+
+def _devices() -> list[dict]:
+    rows = [{"device": "cpu", "name": platform.processor() or platform.machine()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            rows.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "capability": f"{major}.{minor}"})
+    return rows
+
+
+def _info(args: argparse.Namespace) -> int:
+    triton_version = None
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        pass
+    ext = _ext.C.build_info() if _ext.C is not None else {"error": _ext.import_error}
+    report = {
+        "sparsedm": sparsedm.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton_version,
+        "extension": ext,
+        "devices": _devices(),
+        "backends": [
+            {"name": name, "available": ok, "detail": detail, "ops": ops}
+            for name, ok, detail, ops in backend_status()
+        ],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"sparsedm {report['sparsedm']}  (python {report['python']}, torch {report['torch']}, "
+          f"CUDA {report['torch_cuda'] or 'none'}, triton {triton_version or 'not installed'})")
+    if _ext.C is None:
+        print(f"extension: not loaded: {_ext.import_error}")
+    else:
+        kind = "CUDA (archs " + ext["cuda_archs"] + ")" if ext["cuda"] else "CPU-only: " + ext["why_cpu_only"]
+        print(f"extension: sparsedm._C, {kind}")
+    print("devices:")
+    for d in report["devices"]:
+        cap = f" (capability {d['capability']})" if "capability" in d else ""
+        print(f"  {d['device']:<8} {d['name']}{cap}")
+    print("backends:")
+    width = max(len(b["name"]) for b in report["backends"])
+    for b in report["backends"]:
+        mark = "yes" if b["available"] else "no "
+        print(f"  {b['name']:<{width}}  {mark}  {b['detail']}")
+        if args.backends and b["ops"]:
+            print(f"  {'':<{width}}       ops: {', '.join(b['ops'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsedm",
+        description="2:4 sparse and int8 inference of diffusion models: convert checkpoints, "
+        "load the optimized runtime, benchmark the kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsedm {sparsedm.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    info = sub.add_parser(
+        "info",
+        help="show the version, devices and which kernel backends can run here",
+        description="Show the sparsedm version, torch/triton/CUDA versions, how the compiled extension "
+        "was built, the devices, and each kernel backend with whether it can run here and why not.",
+    )
+    info.add_argument("--backends", action="store_true", help="also list the ops each backend implements")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

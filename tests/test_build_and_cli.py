@@ -1,0 +1,60 @@
+"""The compiled extension, the standalone CMake build and the `sparsedm` command."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparsedm import _ext
+from sparsedm.cli import main
+from sparsedm.formats.sparse24 import _kept_positions
+
+
+def test_extension_decodes_meta_like_the_format():
+    if _ext.C is None:
+        pytest.skip(f"sparsedm._C not built: {_ext.import_error}")
+    info = _ext.C.build_info()
+    assert isinstance(info["cuda"], bool)
+    if not info["cuda"]:
+        assert info["why_cpu_only"], "a CPU-only build must say why"
+    everything = torch.arange(256, dtype=torch.int64).to(torch.uint8)[:, None]
+    kept = _kept_positions(everything).reshape(256, 4).tolist()
+    assert [_ext.C.decode_meta_byte(b) for b in range(256)] == kept
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cmake_builds_and_cpp_tests_pass(tmp_path):
+    root = __file__.rsplit("/tests/", 1)[0]
+    subprocess.run(["cmake", "-S", root, "-B", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(tmp_path), "-j", "2"], check=True, capture_output=True)
+    out = subprocess.run(["ctest", "--test-dir", str(tmp_path), "--output-on-failure"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "100% tests passed" in out.stdout
+
+
+def test_info_lists_reference_backend(capsys):
+    assert main(["info", "--backends"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith("reference")]
+    assert lines and lines[0][1] == "yes"
+    assert "sparse24_linear" in out
+
+
+def test_info_json_reports_unavailable_backends_with_reasons(capsys):
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    backends = {b["name"]: b for b in report["backends"]}
+    assert backends["reference"]["available"] is True
+    for b in backends.values():
+        assert b["detail"], f"backend {b['name']} has no explanation"
+    assert report["torch"] == torch.__version__
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "sparsedm", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "info" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "sparsedm"], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage" in out.stdout
