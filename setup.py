@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;8.6;8.9;9.0"
@@ -119,4 +119,9 @@ def extensions():
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it
     ext_modules, cmdclass = extensions()
-    setup(ext_modules=ext_modules, cmdclass=cmdclass)
+    setup(
+        packages=find_packages(include=["sparsedm", "sparsedm.*"]) + ["sparsedm.kernels"],
+        package_dir={"sparsedm.kernels": "kernels/triton"},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )
