@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--backends", action="store_true", help="also list the ops each backend implements")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(func=_info)
+    from sparsedm.bench.cli import register as register_bench
+
+    register_bench(sub)
     return parser
 
 
