@@ -1,0 +1,62 @@
+"""The MACs counter against hand counts."""
+
+import pytest
+import torch
+from torch import nn
+
+from sparsedm.bench.macs import count_macs
+
+
+def test_linear_hand_count():
+    model = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 16))
+    x = torch.empty(5, 7, 64, device="meta")
+    report = count_macs(model.to("meta"), (x,), sparse_layers=["0"])
+    rows = {r.name: r for r in report.rows}
+    assert rows["0"].dense_macs == 5 * 7 * 64 * 32 and rows["0"].sparse_macs == 5 * 7 * 64 * 32 // 2
+    assert rows["2"].dense_macs == rows["2"].sparse_macs == 5 * 7 * 32 * 16
+    assert report.dense_macs == 5 * 7 * (64 * 32 + 32 * 16)
+    assert set(rows) == {"0", "2"}  # GELU issues no matmul
+
+
+def test_conv_hand_count():
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1).to("meta")
+    x = torch.empty(2, 8, 9, 9, device="meta")
+    report = count_macs(conv, (x,), sparse_layers=[""])
+    (row,) = report.rows
+    oh = ow = (9 + 2 - 3) // 2 + 1  # 5
+    assert row.kind == "conv" and row.dense_macs == 2 * 16 * oh * ow * 8 * 9
+    assert row.sparse_macs == row.dense_macs // 2
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, l, d))
+
+
+def test_attention_matmuls_are_separate_dense_rows():
+    b, l, d, h = 2, 10, 32, 4
+    model = Attention(d, h).to("meta")
+    report = count_macs(model, (torch.empty(b, l, d, device="meta"),), sparse_layers=["qkv", "proj"])
+    kinds = {r.kind: r for r in report.rows if r.kind == "attention"}
+    att = kinds["attention"]
+    assert att.name == "<model>"
+    assert att.dense_macs == att.sparse_macs == 2 * b * h * l * l * (d // h)  # q k^T and attn v
+    linear = b * l * (d * 3 * d + d * d)
+    assert report.dense_macs == linear + att.dense_macs
+    assert report.sparse_macs == linear // 2 + att.dense_macs
+    share = report.share_by_kind()
+    assert share["linear"] == pytest.approx(linear / report.dense_macs)
+
+
+def test_unknown_sparse_layer_is_an_error():
+    with pytest.raises(ValueError, match="did not run as Linear/Conv2d: nope"):
+        count_macs(nn.Linear(4, 4).to("meta"), (torch.empty(1, 4, device="meta"),), sparse_layers=["nope"])
