@@ -45,7 +45,7 @@ def _sparsedm_backends(op: str, args: tuple, wanted: Optional[set[str]]) -> list
     for backend in registry.backends():
         if wanted is not None and backend.name not in wanted:
             continue
-        if registry._why_not(backend, op, args) is None:
+        if registry.why_not(backend, op, args) is None:
             names.append(backend.name)
     return names
 

@@ -41,6 +41,7 @@ __all__ = [
     "forced_backend",
     "use_backend",
     "select",
+    "why_not",
     "run",
     "dispatch_counts",
 ]
@@ -175,7 +176,8 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _LOCAL.backend = previous
 
 
-def _why_not(backend: Backend, op: str, args: tuple) -> Optional[str]:
+def why_not(backend: Backend, op: str, args: tuple) -> Optional[str]:
+    """None when ``backend`` can run ``op`` on ``args``, else the reason it cannot."""
     reason = backend.unavailable_reason()
     if reason is not None:
         return reason
@@ -192,7 +194,7 @@ def select(op: str, args: tuple) -> tuple[str, Kernel]:
     forced = forced_backend()
     if forced is not None:
         backend = get_backend(forced)
-        reason = _why_not(backend, op, args)
+        reason = why_not(backend, op, args)
         if reason is not None:
             raise BackendUnavailableError(
                 f"backend {forced!r} was forced (backend= or {ENV_VAR}) but cannot run {op}: {reason}. "
@@ -201,7 +203,7 @@ def select(op: str, args: tuple) -> tuple[str, Kernel]:
             )
         return forced, backend.kernels[op]
     for backend in backends():
-        if _why_not(backend, op, args) is None:
+        if why_not(backend, op, args) is None:
             return backend.name, backend.kernels[op]
     raise BackendUnavailableError(f"no registered backend can run {op} on these arguments")
 
