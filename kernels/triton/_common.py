@@ -37,8 +37,10 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
     if ACTIVATION == 1:  # gelu (erf)
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
     elif ACTIVATION == 2:  # gelu_tanh: 0.5 y (1 + tanh(sqrt(2/pi) (y + 0.044715 y^3)))
+        # exp is clamped at e^80: past it the result is already exact in fp32, and the clamp
+        # keeps inf out of the intermediate values.
         inner = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        y = 0.5 * y * (2.0 - 2.0 / (1.0 + tl.exp(2.0 * inner)))
+        y = 0.5 * y * (2.0 - 2.0 / (1.0 + tl.exp(tl.minimum(2.0 * inner, 80.0))))
     elif ACTIVATION == 3:  # silu
-        y = y / (1.0 + tl.exp(-y))
+        y = y / (1.0 + tl.exp(tl.minimum(-y, 80.0)))
     return y

@@ -11,7 +11,8 @@ Choice, for each call:
 2. a forced backend must run the call: unknown name, unavailable backend, missing kernel or
    unsupported arguments raise :class:`BackendUnavailableError`; there is no silent fallback;
 3. otherwise the first backend in :data:`PRIORITY` that is available, has the kernel and
-   supports the arguments; ``reference`` runs everything, so the search always ends.
+   supports the arguments; ``reference`` runs everything, so the search always ends. CPU
+   tensors get the reference path unless a backend is forced.
 
 Adding a backend is ``register_backend(...)`` plus ``register_kernel(...)`` per op.
 """
@@ -50,6 +51,8 @@ __all__ = [
 PRIORITY = ("cuda", "cusparselt", "cutlass", "triton", "dense", "reference")
 
 ENV_VAR = "SPARSEDM_BACKEND"
+# Backends chosen automatically for CPU tensors.
+CPU_AUTO_BACKENDS = ("reference",)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -202,10 +205,22 @@ def select(op: str, args: tuple) -> tuple[str, Kernel]:
                 f"`sparsedm info` lists what each backend needs"
             )
         return forced, backend.kernels[op]
+    on_cpu = _first_device_type(args) == "cpu"
     for backend in backends():
+        # On CPU only the reference path is chosen automatically: other backends reach CPU
+        # tensors through test-only emulation (Triton's interpreter) and must be forced.
+        if on_cpu and backend.name not in CPU_AUTO_BACKENDS:
+            continue
         if why_not(backend, op, args) is None:
             return backend.name, backend.kernels[op]
     raise BackendUnavailableError(f"no registered backend can run {op} on these arguments")
+
+
+def _first_device_type(args: tuple) -> Optional[str]:
+    for a in args:
+        if hasattr(a, "device") and hasattr(a, "dtype"):
+            return a.device.type
+    return None
 
 
 def run(op: str, *args: Any) -> Any:

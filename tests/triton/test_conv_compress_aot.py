@@ -1,0 +1,173 @@
+"""Ahead-of-time compilation of the conv and compress kernels for sm_80, sm_86 and sm_90.
+
+No GPU needed: ``sparsedm.kernels.aot.compile_for`` runs ``triton.compile`` for a
+``GPUTarget``. The compile runs in a subprocess without TRITON_INTERPRET, because under the
+interpreter every ``@triton.jit`` helper (ours and triton.language's own, e.g. ``tl.cdiv``) is
+an interpreted function that the compiler cannot lower.
+
+    python tests/triton/test_conv_compress_aot.py --markdown [--all-configs]
+
+prints the table of docs/KERNELS_triton_conv.md ("AOT report").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CCS = (80, 86, 90)
+_INT_ARGS = (
+    "M C H W Cout OH OW KW TAPS stride_xn stride_xc stride_xh stride_xw stride_v stride_meta "
+    "stride_yn stride_yc stride_yh stride_yw conv_sh conv_sw pad_h pad_w dil_h dil_w"
+).split()
+_TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+# Multiples of 16 in every UNet conv (C, Cout in 128..2560; strides are products with C).
+_CONV_DIVISIBLE = ["x_ptr", "values_ptr", "meta_ptr", "bias_ptr", "y_ptr", "C", "Cout", "stride_xn", "stride_xh",
+                   "stride_xw", "stride_v", "stride_meta", "stride_yn", "stride_yh", "stride_yw"]
+
+
+def _conv_job(dtype: str, cfg: dict, cc: int, channels_last: bool = True) -> dict:
+    """One conv configuration, specialized like the JIT does for channels_last (stride_xc == 1)."""
+    from sparsedm.kernels import conv2d
+
+    t = _TRITON_TYPE[dtype]
+    sig = {"x_ptr": f"*{t}", "values_ptr": f"*{t}", "meta_ptr": "*u8", "bias_ptr": f"*{t}", "y_ptr": f"*{t}"}
+    sig.update({a: "i32" for a in _INT_ARGS})
+    constexprs = dict(
+        HAS_BIAS=True, ACTIVATION=3, DOT_PRECISION="ieee" if dtype == "float32" else "tf32", UPCAST_DOT=False, INDEX_64=False,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
+    )
+    if channels_last:
+        constexprs.update(stride_xc=1, stride_yc=1)
+    sig.update({k: "constexpr" for k in constexprs})
+    return _compile(conv2d._sparse24_conv2d_kernel, sig, constexprs, cc, cfg["num_warps"], cfg["num_stages"], _CONV_DIVISIBLE)
+
+
+def _compress_job(kernel_name: str, dtype: str, cc: int) -> dict:
+    from sparsedm.kernels import compress
+
+    t = _TRITON_TYPE[dtype]
+    if kernel_name == "compress24":
+        kernel = compress._compress24_kernel
+        sig = {"w_ptr": f"*{t}", "values_ptr": f"*{t}", "meta_ptr": "*u8", "flag_ptr": "*i32"}
+        ints = ["N", "PAIRS", "stride_wr", "stride_wk"]
+    else:
+        kernel = compress._decompress24_kernel
+        sig = {"values_ptr": f"*{t}", "meta_ptr": "*u8", "w_ptr": f"*{t}", "flag_ptr": "*i32"}
+        ints = ["N", "PAIRS", "stride_vr", "stride_vk", "stride_mr", "stride_mk"]
+    sig.update({a: "i32" for a in ints})
+    constexprs = {"BLOCK_R": 32, "BLOCK_P": 32}
+    sig.update({k: "constexpr" for k in constexprs})
+    return _compile(kernel, sig, constexprs, cc, 4, 1, [n for n in sig if n.endswith("_ptr") or n == "PAIRS"])
+
+
+def _compile(kernel, sig, constexprs, cc, num_warps, num_stages, divisible) -> dict:
+    """``sparsedm.kernels.aot.compile_for`` plus the ``tt.divisibility`` hints of a real launch.
+
+    The JIT marks pointers and integers that are multiples of 16 as such; with those hints
+    the compiler vectorizes the channels_last input loads and pipelines them with cp.async,
+    so registers and shared memory below are those of the realistic UNet shapes.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sparsedm.kernels import aot
+
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible if sig[n] != "constexpr"}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    regs, _stack, local, _ = aot._cubin_report(compiled.asm["cubin"], False)
+    ptx = compiled.asm["ptx"]
+    return {"cc": cc, "mma": aot.tensor_core_instructions(ptx), "registers": regs, "local_bytes": local,
+            "shared_bytes": int(compiled.metadata.shared), "cp_async": "cp.async" in ptx}
+
+
+def _jobs(all_configs: bool) -> list[dict]:
+    from sparsedm.kernels import conv2d
+
+    if all_configs:
+        cfgs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in conv2d._CONFIGS]
+    else:  # the largest tile: the one most likely to run out of registers
+        cfgs = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)]
+    jobs = []
+    for cc in CCS:
+        for dtype in ("float16", "bfloat16"):
+            for cfg in cfgs:
+                jobs.append({"kernel": "sparse24_conv2d", "dtype": dtype, "cfg": cfg, "cc": cc})
+        for name in ("compress24", "decompress24"):
+            jobs.append({"kernel": name, "dtype": "float16", "cfg": {"BLOCK_R": 32, "BLOCK_P": 32, "num_warps": 4}, "cc": cc})
+    return jobs
+
+
+def _run_jobs(all_configs: bool) -> list[dict]:
+    out = []
+    for job in _jobs(all_configs):
+        if job["kernel"] == "sparse24_conv2d":
+            res = _conv_job(job["dtype"], job["cfg"], job["cc"])
+        else:
+            res = _compress_job(job["kernel"], job["dtype"], job["cc"])
+        out.append({**job, **res})
+    return out
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| kernel | dtype | config (BM x BN x BK, warps, stages) | sm | tensor-core instruction | registers | spill (local) bytes | shared bytes | cp.async |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r["cfg"]
+        if r["kernel"] == "sparse24_conv2d":
+            cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}, {c['num_warps']}, {c['num_stages']}"
+        else:
+            cfg = f"{c['BLOCK_R']} rows x {c['BLOCK_P']} pairs, {c['num_warps']}, 1"
+        mma = ", ".join(f"`{m}`" for m in r["mma"]) or "none (elementwise)"
+        lines.append(
+            f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['cc']} | {mma} | {r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {'yes' if r['cp_async'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def aot_rows():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--json"], capture_output=True, text=True, env=env, cwd=root, timeout=600
+    )
+    assert proc.returncode == 0, f"AOT compile failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("cc", CCS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_conv_uses_tensor_cores(aot_rows, cc, dtype):
+    rows = [r for r in aot_rows if r["kernel"] == "sparse24_conv2d" and r["cc"] == cc and r["dtype"] == dtype]
+    assert rows
+    t = {"float16": "f16", "bfloat16": "bf16"}[dtype]
+    for r in rows:
+        hits = [m for m in r["mma"] if (m.startswith("mma.sync") or (cc == 90 and m.startswith("wgmma"))) and f".{t}" in m]
+        assert hits, f"sm_{cc} {dtype}: no {t} tensor-core mma in the PTX (found {r['mma']})"
+        if r["local_bytes"] is not None:  # None when cuobjdump is unavailable
+            assert r["local_bytes"] == 0, f"sm_{cc} {dtype} {r['cfg']}: {r['local_bytes']} bytes of register spills"
+
+
+@pytest.mark.parametrize("cc", CCS)
+@pytest.mark.parametrize("kernel", ["compress24", "decompress24"])
+def test_compress_kernels_compile(aot_rows, cc, kernel):
+    rows = [r for r in aot_rows if r["kernel"] == kernel and r["cc"] == cc]
+    assert rows and all(r["local_bytes"] in (0, None) for r in rows), rows
+
+
+if __name__ == "__main__":
+    all_configs = "--all-configs" in sys.argv
+    rows = _run_jobs(all_configs)
+    if "--markdown" in sys.argv:
+        print(_markdown(rows))
+    else:
+        print(json.dumps(rows))
