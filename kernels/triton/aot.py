@@ -3,8 +3,7 @@
 ``compile_for`` builds one kernel configuration for a compute capability with
 ``triton.compile`` and a ``GPUTarget``, and reports what a kernel engineer checks without a
 GPU: the tensor-core instructions in the PTX, registers, spills and shared memory (read from
-the cubin with the ``cuobjdump`` that ships inside the triton wheel). It works with
-``TRITON_INTERPRET=1`` set, by compiling the kernel's Python function afresh.
+the cubin with the ``cuobjdump`` that ships inside the triton wheel).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -76,15 +75,27 @@ def compile_for(
     *,
     num_warps: int = 4,
     num_stages: int = 3,
+    divisible_by_16: Iterable[str] = (),
     want_sass: bool = False,
 ) -> CompiledConfig:
     """Compile ``kernel`` for ``sm_{cc}``.
 
     ``signature`` maps every argument to a Triton type (``"*fp16"``, ``"i32"``,
-    ``"constexpr"``...); ``constexprs`` gives the constexpr values.
+    ``"constexpr"``...); ``constexprs`` gives the constexpr values. ``divisible_by_16`` names
+    the pointer and integer arguments a real launch would see as multiples of 16 (the JIT
+    specializes on that): without these hints Triton neither vectorizes nor pipelines the
+    loads, and registers and shared memory would not be those of a real run.
+
+    Compile in a process without ``TRITON_INTERPRET=1`` when the kernel calls other
+    ``@triton.jit`` functions: under the interpreter those are not compilable objects.
     """
     fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
-    src = ASTSource(fn=fn, signature=dict(signature), constexprs=dict(constexprs))
+    attrs = {
+        (fn.arg_names.index(name),): [["tt.divisibility", 16]]
+        for name in divisible_by_16
+        if signature[name] != "constexpr"
+    }
+    src = ASTSource(fn=fn, signature=dict(signature), constexprs=dict(constexprs), attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     regs, stack, local, sass = _cubin_report(compiled.asm["cubin"], want_sass)
     return CompiledConfig(cc, compiled.asm["ptx"], regs, stack, local, int(compiled.metadata.shared), sass)

@@ -66,25 +66,14 @@ def _compress_job(kernel_name: str, dtype: str, cc: int) -> dict:
 
 
 def _compile(kernel, sig, constexprs, cc, num_warps, num_stages, divisible) -> dict:
-    """``sparsedm.kernels.aot.compile_for`` plus the ``tt.divisibility`` hints of a real launch.
-
-    The JIT marks pointers and integers that are multiples of 16 as such; with those hints
-    the compiler vectorizes the channels_last input loads and pipelines them with cp.async,
-    so registers and shared memory below are those of the realistic UNet shapes.
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """``compile_for`` with the ``tt.divisibility`` hints of a real launch: with them the
+    compiler vectorizes the channels_last input loads and pipelines them with cp.async, so
+    registers and shared memory below are those of the realistic UNet shapes."""
     from sparsedm.kernels import aot
 
-    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible if sig[n] != "constexpr"}
-    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
-    regs, _stack, local, _ = aot._cubin_report(compiled.asm["cubin"], False)
-    ptx = compiled.asm["ptx"]
-    return {"cc": cc, "mma": aot.tensor_core_instructions(ptx), "registers": regs, "local_bytes": local,
-            "shared_bytes": int(compiled.metadata.shared), "cp_async": "cp.async" in ptx}
+    c = aot.compile_for(kernel, sig, constexprs, cc, num_warps=num_warps, num_stages=num_stages, divisible_by_16=divisible)
+    return {"cc": cc, "mma": c.mma, "registers": c.registers, "local_bytes": c.local_bytes,
+            "shared_bytes": c.shared_bytes, "cp_async": "cp.async" in c.ptx}
 
 
 def _jobs(all_configs: bool) -> list[dict]:

@@ -1,0 +1,485 @@
+"""Triton linear kernels: 2:4 sparse, int8 (W8A8) and 2:4 sparse int8 GEMMs.
+
+One GEMM kernel family, ``_linear_kernel``, configured by constexpr flags, serves the three
+ops ``sparse24_linear``, ``int8_linear`` and ``sparse24_int8_linear``; ``_quantize_rows_kernel``
+is the per-token activation quantizer the int8 ops launch first when no ``x_scale`` is given.
+Math, layouts and the choice of configurations: docs/KERNELS.md, section "Triton linear
+kernels". Three tiers, as everywhere in sparsedm: ``@triton.jit`` kernels, launchers that
+check, allocate and set the grid, and the ``triton`` backend registration at the bottom.
+
+Triton has no sparse tensor-core dot (triton-lang/triton issue 1277), so the 2:4 weight is
+expanded to a dense tile in registers and multiplied with a dense ``tl.dot``: the sparse path
+reads half the weight bytes but does the full number of MACs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, device_reason
+from sparsedm.ops import checks
+from sparsedm.ops.registry import register_kernel
+
+__all__ = ["sparse24_linear", "int8_linear", "sparse24_int8_linear", "quantize_rows", "SMALL_M", "configs_for"]
+
+
+# --------------------------------------------------------------------------------------------
+# Device code
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _quantize_int8(v, scale):
+    """int8 codes of the float32 tile ``v`` for a float32 ``scale`` broadcasting against it.
+
+    ``clamp(round_half_even(v / scale), -127, 127)``, and 0 where ``scale`` is 0 (an all-zero
+    row, or a zero static scale): exactly ``sparsedm.formats.quantize_with_scale``. The true
+    division, correctly rounded (``div_rn``: Triton's ``/`` compiles to the approximate
+    ``div.full.f32``), is what keeps the codes bit-identical to torch.
+    """
+    safe = tl.where(scale > 0.0, scale, 1.0)
+    q = tl.minimum(tl.maximum(tl.math.div_rn(v, safe), -127.0), 127.0)  # clamping first keeps |q| < 2**22
+    # Adding then subtracting 1.5 * 2**23 rounds an fp32 |q| < 2**22 to an integer, half to
+    # even, in the FPU's own round-to-nearest-even: bit-exact with torch.round, with the same
+    # code in every Triton version and in the interpreter (no libdevice dependency).
+    q = (q + 12582912.0) - 12582912.0
+    q = tl.where(scale > 0.0, q, 0.0)
+    return q.to(tl.int8)
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    # pointers
+    x_ptr,  # [M, K] float16/bfloat16/float32, strides (stride_xm, stride_xk)
+    q_ptr,  # [M, K] int8, contiguous: the codes
+    scale_ptr,  # [M] float32: s_x = max|x_row| / 127
+    # sizes and strides
+    K,
+    stride_xm,
+    stride_xk,
+    # meta-parameters
+    BLOCK_K: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,  # K <= BLOCK_K: the row is read once, from registers
+):
+    """Per-token symmetric int8 quantization, one program per row (DESIGN.md, int8 contract).
+
+    A row that fits in one block is read once; a longer row is read twice (absmax pass, then
+    quantize pass; the second read usually hits L2).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * K
+    offs = tl.arange(0, BLOCK_K)
+    if SINGLE_PASS:
+        mask = offs < K
+        v = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.math.div_rn(tl.max(tl.abs(v), axis=0), 127.0)
+        tl.store(q_row + offs, _quantize_int8(v, scale), mask=mask)
+    else:
+        absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            mask = k0 + offs < K
+            v = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
+            absmax = tl.maximum(absmax, tl.abs(v))
+        scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)
+        for k0 in range(0, K, BLOCK_K):
+            mask = k0 + offs < K
+            v = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
+            tl.store(q_row + k0 + offs, _quantize_int8(v, scale), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _expand24_tile(values, meta_bytes, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dense ``[BLOCK_N, BLOCK_K]`` weight tile from its canonical 2:4 form, in registers.
+
+    ``values`` [BLOCK_N, BLOCK_K/2]: the two kept elements of each group of 4, ascending;
+    ``meta_bytes`` int32 [BLOCK_N, BLOCK_K/8]: one canonical meta byte per two groups (low
+    nibble = even group), nibble = i0 | i1 << 2. Dense element (n, 4g + p) is values[n, 2g]
+    when p == i0, values[n, 2g + 1] when p == i1, else 0.
+    """
+    v0, v1 = tl.split(tl.reshape(values, (BLOCK_N, BLOCK_K // 4, 2)))  # kept elements of group g
+    # join puts (low, high) nibble last, so the reshape yields groups in order 2b, 2b + 1.
+    nibbles = tl.reshape(tl.join(meta_bytes & 0xF, meta_bytes >> 4), (BLOCK_N, BLOCK_K // 4))
+    i0 = (nibbles & 0x3)[:, :, None]
+    i1 = (nibbles >> 2)[:, :, None]
+    position = tl.arange(0, 4)[None, None, :]
+    zero = tl.zeros((BLOCK_N, BLOCK_K // 4, 4), dtype=values.dtype)
+    dense = tl.where(position == i0, v0[:, :, None], tl.where(position == i1, v1[:, :, None], zero))
+    return tl.reshape(dense, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _linear_kernel(
+    # pointers
+    x_ptr,  # [M, K] activations: float (sparse float path, or QUANTIZE_X) or int8 codes
+    w_ptr,  # dense: [N, K]; SPARSE_W: values [N, K/2]. x's dtype, or int8 when INT8
+    meta_ptr,  # SPARSE_W: uint8 [N, K/8] canonical 2:4 meta (unused otherwise)
+    w_scale_ptr,  # INT8: [N] per-channel weight scale (any float dtype, read as float32)
+    x_scale_ptr,  # INT8: [M] per-token scale, or [1] static scale when not PER_TOKEN_SCALE
+    bias_ptr,  # HAS_BIAS: [N] (any float dtype, read as float32)
+    y_ptr,  # [M, N] output in x's dtype, strides (stride_ym, 1)
+    # sizes
+    M,
+    N,
+    K,
+    M_BUCKET,  # autotune key only: the launcher's bucket of M (see configs_for)
+    # strides (elements)
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_metan,
+    stride_metak,
+    stride_ym,
+    # meta-parameters
+    SPARSE_W: tl.constexpr,  # weight given as canonical 2:4 (values, meta)
+    INT8: tl.constexpr,  # int8 x int8 -> int32 dot, epilogue * s_x * s_w
+    QUANTIZE_X: tl.constexpr,  # INT8 with x float: quantize each x tile with the given x_scale
+    PER_TOKEN_SCALE: tl.constexpr,  # x_scale is [M] (else one static scale)
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # code from ACTIVATION_CODE (float path only)
+    DOT_PRECISION: tl.constexpr,  # "ieee" for float32 operands (no TF32), else "tf32" (ignored)
+    DOT_IN_FP32: tl.constexpr,  # upcast both operands to float32 first (interpreter + bfloat16 only)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """``y = act(x @ W^T * scales + bias)`` for one [BLOCK_M, BLOCK_N] tile of y.
+
+    Float path: fp32 accumulation of x and W (dense W, or expanded from 2:4), bias, activation.
+    INT8 path: int32 accumulation of x_q and W_q, then ``acc * s_x[:, None] * s_w[None, :]``
+    (that order, in float32, as the reference), bias. Tails in M, N and K are masked, so any
+    sizes work; for SPARSE_W, K is a multiple of 8 (the canonical format's contract).
+    """
+    # Grouped ordering: GROUP_M row tiles share each column tile while it is hot in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_pid_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_pid_n)) % group_size
+    pid_n = (pid % (GROUP_M * num_pid_n)) // group_size
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    # int64 row offsets: M * K can pass 2**31 for long token sequences.
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + offs_n[:, None] * stride_wn
+
+    if INT8:
+        if QUANTIZE_X:
+            if PER_TOKEN_SCALE:
+                s_x = tl.load(x_scale_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            else:
+                s_x = tl.load(x_scale_ptr).to(tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        a = tl.load(x_rows + k[None, :] * stride_xk, mask=mask_m[:, None] & (k[None, :] < K), other=0.0)
+        if QUANTIZE_X:
+            if PER_TOKEN_SCALE:
+                a = _quantize_int8(a.to(tl.float32), s_x[:, None])
+            else:
+                a = _quantize_int8(a.to(tl.float32), s_x)
+        if SPARSE_W:
+            kv = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            km = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            values = tl.load(w_rows + kv[None, :] * stride_wk, mask=mask_n[:, None] & (kv[None, :] < K // 2), other=0)
+            meta = tl.load(
+                meta_ptr + offs_n[:, None] * stride_metan + km[None, :] * stride_metak,
+                mask=mask_n[:, None] & (km[None, :] < K // 8),
+                other=0,
+            ).to(tl.int32)
+            w = _expand24_tile(values, meta, BLOCK_N, BLOCK_K)
+        else:
+            w = tl.load(w_rows + k[None, :] * stride_wk, mask=mask_n[:, None] & (k[None, :] < K), other=0)
+        if INT8:
+            acc = tl.dot(a, tl.trans(w), acc)
+        elif DOT_IN_FP32:  # exact: a bf16 x bf16 product fits in fp32, as in the bf16 mma
+            acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
+
+    if INT8:
+        if not QUANTIZE_X:  # codes from _quantize_rows_kernel: per-token scales
+            s_x = tl.load(x_scale_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        s_w = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if PER_TOKEN_SCALE or not QUANTIZE_X:
+            y = acc.to(tl.float32) * s_x[:, None] * s_w[None, :]
+        else:
+            y = acc.to(tl.float32) * s_x * s_w[None, :]
+    else:
+        y = acc
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations
+# --------------------------------------------------------------------------------------------
+
+# Largest M handled by the small-M list. Up to here a GEMM reads far more weight than
+# activation bytes (N*K vs M*K), so the time is weight streaming and the tile shape should
+# put many CTAs on the weight; above it the GEMM turns compute-bound.
+SMALL_M = 64
+
+# PROVISIONAL: no GPU measurement exists yet. These are starting points chosen from the
+# reasoning in docs/KERNELS.md ("Triton linear kernels", "Configurations"); replace each
+# reason with a measured one (bench/bench_triton_linear.py -> bench/results/) when known.
+_SMALL_M_CONFIGS = [
+    # BLOCK_M=16 is the smallest tile tl.dot accepts; BLOCK_N=64 keeps N/64 CTAs in flight
+    # (64 for N=4096); BLOCK_K=128 makes each weight load 8-16 KiB, four stages deep.
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=4, num_stages=4),
+    # Narrower N tile for N=1024-class layers (U-ViT-L/2 qkv/proj per head group): 2x CTAs.
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "GROUP_M": 1}, num_warps=4, num_stages=3),
+    # M in 17..64: one row tile covers all tokens, so every weight byte is read once.
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=4),
+]
+_LARGE_M_CONFIGS = [
+    # The Triton matmul tutorial's fp16 shapes, a conventional compute-bound starting set:
+    # 128x128 tiles reach tensor-core peak on sm_80/sm_90 with 4 warps / 8 warps.
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    # int8 operands are half the bytes: a 128-deep K slice costs what 64 costs in fp16.
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+]
+# The interpreter runs every program in numpy: one small config, so tests do not autotune and
+# the test shapes (N=24, K=40, 72) still cross block borders in N and K.
+_INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)
+
+
+def configs_for(m: int) -> list:
+    """The autotune candidates for a GEMM with ``m`` rows (one config in the interpreter)."""
+    if INTERPRET:
+        return [_INTERPRET_CONFIG]
+    return _SMALL_M_CONFIGS if m <= SMALL_M else _LARGE_M_CONFIGS
+
+
+_AUTOTUNE_KEY = ["M_BUCKET", "N", "K"]
+_linear_small_m = triton.autotune(configs=configs_for(1), key=_AUTOTUNE_KEY)(_linear_kernel)
+_linear_large_m = triton.autotune(configs=configs_for(SMALL_M + 1), key=_AUTOTUNE_KEY)(_linear_kernel)
+
+
+def _m_bucket(m: int) -> int:
+    """Powers of two up to 4096, so a new token count rarely triggers a new tuning run."""
+    return min(triton.next_power_of_2(m), 4096)
+
+
+# Ahead-of-time compilation (tests/triton/test_linear_aot.py, the table in docs/KERNELS.md).
+# Each variant: (x dtype, weight dtype, SPARSE_W, INT8, QUANTIZE_X). "int8" is the dynamic
+# path (codes from _quantize_rows_kernel); the given-x_scale path only adds the prologue.
+AOT_VARIANTS = {
+    "int8": ("i8", "i8", False, True, False),
+    "sparse_fp16": ("fp16", "fp16", True, False, False),
+    "sparse_bf16": ("bf16", "bf16", True, False, False),
+    "sparse_int8": ("i8", "i8", True, True, False),
+    "sparse_int8_static_xscale": ("fp16", "i8", True, True, True),
+}
+
+
+def aot_spec(variant: str, config) -> tuple[dict, dict, tuple]:
+    """``(signature, constexprs, divisible_by_16)`` of ``_linear_kernel`` as a real launch sees it.
+
+    ``config`` is a ``triton.Config`` (BLOCK_M/N/K, GROUP_M); output float16 (bfloat16 for
+    the bf16 variant); bias, no activation. A launch on contiguous tensors specializes the unit
+    strides to the constant 1 and marks 16-byte-aligned pointers and sizes/strides divisible by
+    16 (``tt.divisibility``); without both, Triton can neither vectorize the loads nor pipeline
+    them with cp.async, so they are repeated here. M is left unhinted (65 * batch tokens).
+    """
+    x_ty, w_ty, sparse, int8, quantize_x = AOT_VARIANTS[variant]
+    y_ty = "bf16" if x_ty == "bf16" else "fp16"
+    signature = {
+        "x_ptr": f"*{x_ty}", "w_ptr": f"*{w_ty}", "meta_ptr": "*u8", "w_scale_ptr": "*fp32",
+        "x_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{y_ty}",
+        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+        "stride_xm": "i32", "stride_xk": "i32", "stride_wn": "i32", "stride_wk": "i32",
+        "stride_metan": "i32", "stride_metak": "i32", "stride_ym": "i32",
+    }
+    constexprs = dict(
+        stride_xk=1, stride_wk=1, stride_metak=1,
+        SPARSE_W=sparse, INT8=int8, QUANTIZE_X=quantize_x, PER_TOKEN_SCALE=int8 and not quantize_x,
+        HAS_BIAS=True, ACTIVATION=0, DOT_PRECISION="tf32", DOT_IN_FP32=False, **config.kwargs,
+    )
+    signature.update({name: "constexpr" for name in constexprs})
+    divisible = (
+        "x_ptr", "w_ptr", "meta_ptr", "w_scale_ptr", "x_scale_ptr", "bias_ptr", "y_ptr",
+        "N", "K", "stride_xm", "stride_wn", "stride_metan", "stride_ym",
+    )
+    return signature, constexprs, divisible
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+_SUPPORTED_X = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _dtype_reason(x: torch.Tensor) -> Optional[str]:
+    if x.dtype not in _SUPPORTED_X:
+        return f"the Triton linear kernels take float16, bfloat16 or float32 activations, got {x.dtype} (use backend 'reference')"
+    return None
+
+
+def quantize_rows(x2d: torch.Tensor, block_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 quantization of ``x2d`` [M, K] (float16/bfloat16/float32, any strides).
+
+    Returns ``(codes int8 [M, K] contiguous, scales float32 [M])``, bit-identical to
+    ``sparsedm.formats.quantize_activation_int8``. ``block_k`` overrides the row block (tests
+    use it to reach the two-pass path on small K).
+    """
+    m, k = x2d.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x2d.device)
+    scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
+    if m == 0:
+        return q, scale
+    if block_k is None:
+        block_k = min(triton.next_power_of_2(k), 4096)  # rows up to 4096 (U-ViT-L/2 fc2) in one read
+    num_warps = 4 if block_k <= 2048 else 8
+    _quantize_rows_kernel[(m,)](
+        x2d, q, scale, k, x2d.stride(0), x2d.stride(1),
+        BLOCK_K=block_k, SINGLE_PASS=k <= block_k, num_warps=num_warps,
+    )
+    return q, scale
+
+
+def _launch_gemm(
+    x2d: torch.Tensor,
+    w: torch.Tensor,
+    meta: Optional[torch.Tensor],
+    n: int,
+    *,
+    out_dtype: torch.dtype,
+    bias: Optional[torch.Tensor],
+    activation: str = "none",
+    w_scale: Optional[torch.Tensor] = None,
+    x_scale: Optional[torch.Tensor] = None,
+    quantize_x: bool = False,
+) -> torch.Tensor:
+    """Allocate y [M, N] and run ``_linear_kernel`` with the flags the arguments imply.
+
+    ``x2d`` [M, K] (any strides); ``w`` dense [N, K] or 2:4 values [N, K/2] with ``meta``
+    uint8 [N, K/8] (any strides); ``w_scale`` [N] and ``x_scale`` ([M] or one element)
+    select the INT8 path.
+    """
+    m, k = x2d.shape
+    # The interpreter converts float32 to bfloat16 by truncation (a GPU rounds to nearest
+    # even), so there the kernel writes float32 and torch rounds; GPUs store bf16 directly.
+    store_fp32 = INTERPRET and out_dtype == torch.bfloat16
+    y = torch.empty((m, n), dtype=torch.float32 if store_fp32 else out_dtype, device=x2d.device)
+    if m == 0 or n == 0:
+        return y.to(out_dtype)
+    int8 = w_scale is not None
+    sparse = meta is not None
+    per_token = x_scale is not None and x_scale.numel() != 1
+    dummy = y  # stands in for the pointers a configuration does not read
+    if x_scale is not None:
+        x_scale = x_scale.reshape(-1).contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    kernel = _linear_small_m if m <= SMALL_M else _linear_large_m
+    grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)  # noqa: E731
+    kernel[grid](
+        x2d, w, meta if sparse else dummy,
+        w_scale.contiguous() if int8 else dummy,
+        x_scale if x_scale is not None else dummy,
+        bias if bias is not None else dummy,
+        y,
+        m, n, k, _m_bucket(m),
+        x2d.stride(0), x2d.stride(1),
+        w.stride(0), w.stride(1),
+        meta.stride(0) if sparse else 0, meta.stride(1) if sparse else 0,
+        y.stride(0),
+        SPARSE_W=sparse,
+        INT8=int8,
+        QUANTIZE_X=quantize_x,
+        PER_TOKEN_SCALE=per_token or (int8 and not quantize_x),
+        HAS_BIAS=bias is not None,
+        ACTIVATION=ACTIVATION_CODE[activation],
+        DOT_PRECISION="ieee" if x2d.dtype == torch.float32 else "tf32",
+        # The interpreter's tl.dot multiplies bfloat16 operands as their raw 16-bit patterns
+        # (triton 3.9, runtime/interpreter.py create_dot); a GPU never takes this branch.
+        DOT_IN_FP32=INTERPRET and x2d.dtype == torch.bfloat16 and not int8,
+    )
+    return y.to(out_dtype) if store_fp32 else y
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    """[..., K] -> [M, K]; a view whenever possible (the kernels take any strides)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def sparse24_linear(x, values, meta, bias, activation) -> torch.Tensor:
+    """``act(x @ W^T + bias)``, W in canonical 2:4 form (docs/KERNELS.md, "Triton linear kernels").
+
+    x [..., K] float16/bfloat16/float32; values [N, K/2] x's dtype; meta uint8 [N, K/8];
+    bias [N] or None; returns [..., N] in x's dtype.
+    """
+    n = checks.check_sparse24_linear(x, values, meta, bias, activation)
+    y = _launch_gemm(_flatten(x), values, meta, n, out_dtype=x.dtype, bias=bias, activation=activation)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale) -> torch.Tensor:
+    x2d = _flatten(x)
+    if x_scale is None:  # dynamic per-token scales: one fused absmax + quantize pass first
+        x_codes, scales = quantize_rows(x2d)
+        y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=scales)
+    else:  # given scales: x is quantized tile by tile inside the GEMM, no extra pass
+        y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=x_scale, quantize_x=True)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def int8_linear(x, w_q, w_scale, bias, x_scale) -> torch.Tensor:
+    """W8A8 ``(q(x) @ w_q^T) * s_x * s_w + bias`` (DESIGN.md int8 contract).
+
+    x [..., K] float16/bfloat16/float32; w_q int8 [N, K]; w_scale [N]; bias [N] or None;
+    x_scale None (per-token dynamic), one element (static) or shape x.shape[:-1].
+    """
+    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
+    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale)
+
+
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> torch.Tensor:
+    """int8 GEMM with a 2:4 int8 weight: values_q int8 [N, K/2], meta uint8 [N, K/8]; else as int8_linear."""
+    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
+    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration with the `triton` backend
+# --------------------------------------------------------------------------------------------
+
+
+def _supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str]:
+    return device_reason(x, values, meta, bias) or _dtype_reason(x)
+
+
+def _supports_int8_linear(x, w_q, w_scale, bias, x_scale) -> Optional[str]:
+    return device_reason(x, w_q, w_scale, bias, x_scale) or _dtype_reason(x)
+
+
+def _supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> Optional[str]:
+    return device_reason(x, values_q, meta, w_scale, bias, x_scale) or _dtype_reason(x)
+
+
+register_kernel("sparse24_linear", "triton", sparse24_linear, supports=_supports_sparse24_linear)
+register_kernel("int8_linear", "triton", int8_linear, supports=_supports_int8_linear)
+register_kernel("sparse24_int8_linear", "triton", sparse24_int8_linear, supports=_supports_sparse24_int8_linear)

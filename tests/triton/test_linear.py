@@ -1,0 +1,368 @@
+"""Triton linear kernels (kernels/triton/linear.py) against the reference ops and a float64 oracle.
+
+Without a GPU these run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+so shapes are small; the N/K values cross the interpreter config's 16x32x32 tile borders.
+Tests marked ``gpu`` run the U-ViT shapes on a real device.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import sparsedm.ops as ops
+from sparsedm.formats import compress24, mask24, quantize_activation_int8, quantize_weight_int8
+from sparsedm.ops import BackendUnavailableError, OpArgumentError, reference
+
+triton = pytest.importorskip("triton")
+
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# (dtype, atol, rtol) against the reference backend, which computes the same math in fp32 on
+# the decompressed weight: only the summation order and the final rounding differ.
+REF_TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+# Relative (Frobenius) error against the float64 oracle: what the dtype's own rounding allows.
+ORACLE_REL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _gen(request) -> torch.Generator:
+    """A generator seeded from the test id: fresh data per case, reproducible per case."""
+    return torch.Generator().manual_seed(zlib.crc32(request.node.name.encode()))
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _randn(*shape, gen, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(_device())
+
+
+def _sparse_weight(n, k, gen, dtype=torch.float32):
+    """A 2:4 weight [N, K] (std 1/sqrt(K)) and its canonical (values, meta)."""
+    w = torch.randn(n, k, generator=gen) / k**0.5
+    w = (w * mask24(w)).to(dtype).to(_device())
+    values, meta = compress24(w)
+    return w, values, meta
+
+
+def _report(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    err = (actual.double() - expected.double()).abs()
+    return f"max abs err {err.max().item():.3e}, mean abs err {err.mean().item():.3e}, max |expected| {expected.abs().max().item():.3e}"
+
+
+def _assert_close(actual, expected, atol, rtol, what):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (
+        f"{what}: got {actual.dtype} {tuple(actual.shape)}, expected {expected.dtype} {tuple(expected.shape)}"
+    )
+    assert not torch.isnan(actual).any(), f"{what}: NaN in the output"
+    ok = torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol)
+    assert ok, f"{what} (atol {atol}, rtol {rtol}): {_report(actual, expected)}"
+
+
+def _assert_rel(actual, oracle64, rel, what):
+    err = (actual.double() - oracle64).norm() / oracle64.norm().clamp_min(1e-30)
+    assert err.item() <= rel, f"{what}: relative error {err.item():.3e} > {rel:g}; {_report(actual, oracle64)}"
+
+
+def _oracle_linear(x, w, bias, activation):
+    y = x.double() @ w.double().t()
+    if bias is not None:
+        y = y + bias.double()
+    return reference.apply_activation(y, activation)
+
+
+class _Dispatched:
+    """Asserts that the Triton kernel of ``op`` really ran inside the block."""
+
+    def __init__(self, op: str, calls: int = 1):
+        self.key, self.calls = (op, "triton"), calls
+
+    def __enter__(self):
+        self.before = ops.dispatch_counts[self.key]
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            ran = ops.dispatch_counts[self.key] - self.before
+            assert ran == self.calls, f"{self.key} ran {ran} times, expected {self.calls}"
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse24_linear
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_sparse24_linear(x, w, values, meta, bias, activation):
+    with _Dispatched("sparse24_linear"):
+        y = ops.sparse24_linear(x, values, meta, bias, activation, backend="triton")
+    ref = ops.sparse24_linear(x, values, meta, bias, activation, backend="reference")
+    atol, rtol = REF_TOL[x.dtype]
+    _assert_close(y, ref, atol, rtol, f"sparse24_linear {x.dtype} {activation} vs reference")
+    _assert_rel(y, _oracle_linear(x, w, bias, activation), ORACLE_REL[x.dtype], "sparse24_linear vs float64 oracle")
+    return y
+
+
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_sparse24_linear_dtypes_activations(request, dtype, activation, has_bias):
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(24, 72, gen, dtype)
+    x = _randn(17, 72, gen=gen, dtype=dtype)
+    bias = _randn(24, gen=gen, dtype=dtype) if has_bias else None
+    _check_sparse24_linear(x, w, values, meta, bias, activation)
+
+
+@pytest.mark.parametrize("n,k", [(24, 40), (24, 72), (40, 136)])
+@pytest.mark.parametrize("lead", [(1,), (3,), (17,), (64,), (2, 3)], ids=lambda s: "x".join(map(str, s)))
+def test_sparse24_linear_shapes(request, lead, n, k):
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(n, k, gen, torch.float16)
+    x = _randn(*lead, k, gen=gen, dtype=torch.float16)
+    y = _check_sparse24_linear(x, w, values, meta, _randn(n, gen=gen), "gelu")
+    assert y.shape == (*lead, n)
+
+
+def test_sparse24_linear_non_contiguous(request):
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(24, 40, gen)
+    x = _randn(40, 5, gen=gen).t()  # [5, 40] with stride (1, 5)
+    wide_values = torch.zeros(24, 2 * values.shape[1], device=values.device)
+    wide_values[:, ::2] = values  # values [N, K/2] with column stride 2
+    wide_meta = torch.zeros(24, 2 * meta.shape[1], dtype=torch.uint8, device=meta.device)
+    wide_meta[:, 1::2] = meta
+    _check_sparse24_linear(x, w, wide_values[:, ::2], wide_meta[:, 1::2], None, "silu")
+
+
+def test_sparse24_linear_bias_cast_and_empty(request):
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(24, 40, gen, torch.float16)
+    x = _randn(3, 40, gen=gen, dtype=torch.float16)
+    _check_sparse24_linear(x, w, values, meta, _randn(24, gen=gen, dtype=torch.float32), "none")  # fp32 bias, fp16 x
+    with _Dispatched("sparse24_linear"):
+        y = ops.sparse24_linear(x[:0], values, meta, None, "none", backend="triton")
+    assert y.shape == (0, 24) and y.dtype == torch.float16
+
+
+# ---------------------------------------------------------------------------------------------
+# int8_linear and sparse24_int8_linear
+# ---------------------------------------------------------------------------------------------
+
+
+def _x_scale(mode, x, gen):
+    if mode == "dynamic":
+        return None
+    if mode == "static":
+        return torch.tensor([x.abs().max().item() / 127 * 0.8]).to(x.device)  # some codes clamp
+    return (quantize_activation_int8(x)[1] * (0.7 + 0.6 * torch.rand(x.shape[:-1], generator=gen).to(x.device))).float()
+
+
+def _run_int8(sparse, x, w_q, w_scale, bias, x_scale):
+    """The op through the Triton backend and the reference backend."""
+    if sparse:
+        values_q, meta = compress24(w_q)
+        args = (x, values_q, meta, w_scale, bias, x_scale)
+        op, name = ops.sparse24_int8_linear, "sparse24_int8_linear"
+    else:
+        args = (x, w_q, w_scale, bias, x_scale)
+        op, name = ops.int8_linear, "int8_linear"
+    with _Dispatched(name):
+        y = op(*args, backend="triton")
+    return y, op(*args, backend="reference")
+
+
+def _int8_weight(n, k, sparse, gen):
+    w = torch.randn(n, k, generator=gen) / k**0.5
+    if sparse:
+        w = w * mask24(w)
+    w_q, w_scale = quantize_weight_int8(w)
+    return w_q.to(_device()), w_scale.to(_device())
+
+
+# Integer sums are exact on both sides; only the float32 scaling (FMA contraction on a GPU)
+# and the final rounding to x's dtype can differ, by at most one unit in the last place.
+INT8_TOL = {torch.float32: (1e-6, 1e-6), torch.float16: (1e-3, 1e-3), torch.bfloat16: (8e-3, 8e-3)}
+
+
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("scale_mode", ["dynamic", "static", "per_token"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_linear_matches_reference(request, sparse, dtype, scale_mode, has_bias):
+    gen = _gen(request)
+    k = 72 if sparse else 33
+    w_q, w_scale = _int8_weight(24, k, sparse, gen)
+    x = _randn(2, 9, k, gen=gen, dtype=dtype)
+    bias = _randn(24, gen=gen, dtype=dtype) if has_bias else None
+    y, ref = _run_int8(sparse, x, w_q, w_scale, bias, _x_scale(scale_mode, x, gen))
+    atol, rtol = INT8_TOL[dtype]
+    _assert_close(y, ref, atol, rtol, f"{'sparse24_' if sparse else ''}int8_linear {dtype} {scale_mode}")
+    # Against float64 on the unquantized operands the error is the quantization's (~1%).
+    w = w_q.double() * w_scale.double()[:, None]
+    if scale_mode == "dynamic":
+        _assert_rel(y, _oracle_linear(x, w, bias, "none"), 3e-2, "int8 vs float64 oracle")
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 64])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_linear_shapes(request, sparse, m):
+    gen = _gen(request)
+    n, k = (24, 40) if sparse else (40, 33)
+    w_q, w_scale = _int8_weight(n, k, sparse, gen)
+    x = _randn(m, k, gen=gen, dtype=torch.float16)
+    y, ref = _run_int8(sparse, x, w_q, w_scale, _randn(n, gen=gen), None)
+    _assert_close(y, ref, *INT8_TOL[torch.float16], f"int8 M={m}")
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_integer_products_exact(request, sparse):
+    """Unit scales and integer-valued x: y is the int32 dot product itself, bit for bit."""
+    gen = _gen(request)
+    k = 72 if sparse else 33
+    w_q, _ = _int8_weight(24, k, sparse, gen)
+    x = torch.randint(-127, 128, (17, k), generator=gen).float().to(_device())
+    ones = torch.ones(24, device=x.device)
+    for x_scale in (None, torch.ones(1, device=x.device)):  # dynamic: absmax 127 -> scale 1
+        x[:, 0] = 127.0
+        y, _ = _run_int8(sparse, x, w_q, ones, None, x_scale)
+        exact = x.double() @ w_q.double().t()
+        assert torch.equal(y.double(), exact), f"integer products differ: {_report(y, exact)}"
+
+
+def test_int8_zero_rows_and_zero_scale(request):
+    gen = _gen(request)
+    w_q, w_scale = _int8_weight(24, 33, False, gen)
+    x = _randn(5, 33, gen=gen)
+    x[2] = 0.0  # dynamic scale 0: codes 0, the row is the bias
+    bias = _randn(24, gen=gen)
+    y, ref = _run_int8(False, x, w_q, w_scale, bias, None)
+    assert torch.equal(y, ref) and torch.equal(y[2], bias), _report(y, ref)
+    y, ref = _run_int8(False, x, w_q, w_scale, bias, torch.zeros(1, device=x.device))  # static scale 0
+    assert torch.equal(y, ref) and torch.equal(y, bias.expand(5, 24)), _report(y, ref)
+
+
+def test_int8_non_contiguous(request):
+    gen = _gen(request)
+    w_q, w_scale = _int8_weight(24, 72, True, gen)
+    x = _randn(72, 6, gen=gen).t()
+    x_scale = _x_scale("per_token", x, gen).repeat(2)[::2]  # strided per-token scales
+    for scale in (None, x_scale):
+        y, ref = _run_int8(True, x, w_q, w_scale, None, scale)
+        _assert_close(y, ref, *INT8_TOL[torch.float32], "strided x / x_scale")
+
+
+# ---------------------------------------------------------------------------------------------
+# The activation quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_k", [None, 16], ids=["one_pass", "two_pass"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_quantize_rows_bit_exact(request, dtype, block_k):
+    from sparsedm.kernels.linear import quantize_rows
+
+    gen = _gen(request)
+    x = _randn(7, 72, gen=gen, dtype=dtype, scale=3.0)
+    # Row 0: absmax 127 -> scale exactly 1, so x / s hits the ties of round-half-even.
+    ties = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 0.0])
+    x[0] = 0.25
+    x[0, : ties.numel()] = ties.to(dtype).to(x.device)
+    x[3] = 0.0
+    codes, scales = quantize_rows(x, block_k=block_k)
+    ref_codes, ref_scales = quantize_activation_int8(x)
+    assert torch.equal(scales, ref_scales), f"scales differ: {_report(scales, ref_scales)}"
+    assert torch.equal(codes, ref_codes), f"codes differ at {(codes != ref_codes).nonzero()[:8].tolist()}"
+    assert codes[0, :11].tolist() == [127, 0, 2, 2, 0, -2, -2, 4, 126, -126, 4]
+
+
+def test_quantize_rows_strided_input(request):
+    from sparsedm.kernels.linear import quantize_rows
+
+    x = _randn(40, 9, gen=_gen(request)).t()
+    codes, scales = quantize_rows(x)
+    ref_codes, ref_scales = quantize_activation_int8(x)
+    assert torch.equal(codes, ref_codes) and torch.equal(scales, ref_scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, dispatch and torch.library
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shape_errors_raise_the_checks_error(request):
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen)
+    w_q, w_scale = _int8_weight(24, 40, True, gen)
+    values_q, meta_q = compress24(w_q)
+    x = _randn(3, 48, gen=gen)  # K=48, the weights have K=40
+    with pytest.raises(OpArgumentError, match="K=48"):
+        ops.sparse24_linear(x, values, meta, backend="triton")
+    with pytest.raises(OpArgumentError, match="K=48"):
+        ops.int8_linear(x, w_q, w_scale, backend="triton")
+    with pytest.raises(OpArgumentError, match="K=48"):
+        ops.sparse24_int8_linear(x, values_q, meta_q, w_scale, backend="triton")
+    x = x[:, :40]
+    with pytest.raises(OpArgumentError, match="bias"):
+        ops.sparse24_linear(x, values, meta, torch.zeros(23, device=x.device), backend="triton")
+    with pytest.raises(OpArgumentError, match="x_scale"):
+        ops.int8_linear(x, w_q, w_scale, None, torch.ones(2, device=x.device), backend="triton")
+    with pytest.raises(OpArgumentError, match="activation"):
+        ops.sparse24_linear(x, values, meta, None, "relu", backend="triton")
+    # The kernels themselves (called directly, as the registry does) run the same checks.
+    from sparsedm.kernels import linear
+
+    with pytest.raises(OpArgumentError, match="meta"):
+        linear.sparse24_linear(x, values, meta[:, :4], None, "none")
+
+
+def test_float64_is_refused_with_a_reason(request):
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen, torch.float64)
+    x = _randn(3, 40, gen=gen, dtype=torch.float64)
+    with pytest.raises(BackendUnavailableError, match="float64"):
+        ops.sparse24_linear(x, values, meta, backend="triton")
+
+
+def test_opcheck(request):
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen)
+    w_q, w_scale = _int8_weight(24, 40, True, gen)
+    values_q, meta_q = compress24(w_q)
+    x = _randn(2, 3, 40, gen=gen)
+    bias = _randn(24, gen=gen)
+    cases = [
+        (torch.ops.sparsedm.sparse24_linear.default, (x, values, meta, bias, "gelu")),
+        (torch.ops.sparsedm.int8_linear.default, (x, w_q, w_scale, bias, None)),
+        (torch.ops.sparsedm.sparse24_int8_linear.default, (x, values_q, meta_q, w_scale, None, torch.ones(1, device=x.device) * 0.02)),
+    ]
+    with ops.use_backend("triton"):
+        for op, args in cases:
+            torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: real U-ViT shapes
+# ---------------------------------------------------------------------------------------------
+
+# (K, N) of the four 2:4 linears of a U-ViT block: qkv, proj, fc1, fc2.
+UVIT_S2 = [(512, 1536), (512, 512), (512, 2048), (2048, 512)]
+UVIT_L2 = [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 65, 65 * 16, 65 * 128])
+@pytest.mark.parametrize("k,n", UVIT_S2 + UVIT_L2)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_uvit_linears(request, dtype, k, n, m):
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(n, k, gen, dtype)
+    x = _randn(m, k, gen=gen, dtype=dtype)
+    bias = _randn(n, gen=gen, dtype=dtype)
+    _check_sparse24_linear(x, w, values, meta, bias, "gelu")
+    for sparse in (False, True):
+        w_q, w_scale = _int8_weight(n, k, sparse, gen)
+        for mode in ("dynamic", "static", "per_token"):
+            y, ref = _run_int8(sparse, x, w_q, w_scale, bias, _x_scale(mode, x, gen))
+            _assert_close(y, ref, *INT8_TOL[dtype], f"int8 sparse={sparse} {mode} M={m} K={k} N={n}")

@@ -1,0 +1,164 @@
+"""Ahead-of-time compilation of the Triton linear kernels for sm_80, sm_86 and sm_90.
+
+No GPU needed: each op configuration is compiled with ``triton.compile`` for a ``GPUTarget``
+and the PTX must use tensor cores: int8 ``mma.sync`` with s8 operands, f16/bf16 ``mma.sync``
+for the float paths, and on sm_90 either ``mma.sync`` or ``wgmma``. ptxas must not spill.
+
+The compiles run in one child process without ``TRITON_INTERPRET`` (the interpreter replaces
+``@triton.jit`` helpers by Python functions, which the real compiler cannot call).
+
+Run as a script to print the registers / shared-memory table of docs/KERNELS.md:
+``python tests/triton/test_linear_aot.py`` (add ``--json`` for the raw rows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+CCS = (80, 86, 90)
+# The tensor-core instruction each variant must use (a prefix of the PTX spelling).
+EXPECTED_MMA = {
+    "int8": (".s32.s8.s8.s32", ".s32.s8.s8"),
+    "sparse_fp16": (".f32.f16.f16.f32", ".f32.f16.f16"),
+    "sparse_bf16": (".f32.bf16.bf16.f32", ".f32.bf16.bf16"),
+    "sparse_int8": (".s32.s8.s8.s32", ".s32.s8.s8"),
+    "sparse_int8_static_xscale": (".s32.s8.s8.s32", ".s32.s8.s8"),
+}
+
+
+def _compile(variant: str, config, cc: int):
+    """Compile one (variant, config) for ``sm_{cc}`` with the hints a real launch carries."""
+    from sparsedm.kernels import aot, linear
+
+    signature, constexprs, divisible = linear.aot_spec(variant, config)
+    return aot.compile_for(linear._linear_kernel, signature, constexprs, cc, num_warps=config.num_warps,
+                           num_stages=config.num_stages, divisible_by_16=divisible)
+
+
+_FDIV = re.compile(r"\bdiv\.(?:rn|full|approx)[\w.]*\.f32\b")
+
+
+def _rounding_facts(ptx: str) -> dict:
+    """What the bit-exact quantization needs from the PTX: IEEE division, the RNE constant."""
+    return {"fdiv": sorted(set(_FDIV.findall(ptx))), "rne_magic": "0f4B400000" in ptx}
+
+
+def _quantizer_rows() -> list[dict]:
+    from sparsedm.kernels import aot, linear
+
+    signature = {"x_ptr": "*fp16", "q_ptr": "*i8", "scale_ptr": "*fp32", "K": "i32", "stride_xm": "i32",
+                 "stride_xk": "constexpr", "BLOCK_K": "constexpr", "SINGLE_PASS": "constexpr"}
+    rows = []
+    for single_pass in (True, False):
+        constexprs = {"stride_xk": 1, "BLOCK_K": 1024, "SINGLE_PASS": single_pass}
+        for cc in CCS:
+            compiled = aot.compile_for(linear._quantize_rows_kernel, signature, constexprs, cc, num_warps=4,
+                                       divisible_by_16=("x_ptr", "q_ptr", "scale_ptr", "K", "stride_xm"))
+            rows.append({"single_pass": single_pass, "cc": cc, "registers": compiled.registers,
+                         "local_bytes": compiled.local_bytes, **_rounding_facts(compiled.ptx)})
+    return rows
+
+
+def _rows(all_configs: bool) -> list[dict]:
+    from sparsedm.kernels import linear
+
+    configs = [("small", c) for c in linear._SMALL_M_CONFIGS] + [("large", c) for c in linear._LARGE_M_CONFIGS]
+    if not all_configs:  # the test: the first (most likely) config of each bucket
+        configs = [configs[0], configs[len(linear._SMALL_M_CONFIGS)]]
+    rows = []
+    for variant in linear.AOT_VARIANTS:
+        for bucket, config in configs:
+            for cc in CCS:
+                compiled = _compile(variant, config, cc)
+                kw = config.kwargs
+                rows.append({
+                    "variant": variant, "bucket": bucket, "cc": cc,
+                    "tile": f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}",
+                    "warps": config.num_warps, "stages": config.num_stages,
+                    "mma": compiled.mma, "registers": compiled.registers,
+                    "local_bytes": compiled.local_bytes, "shared_bytes": compiled.shared_bytes,
+                    "cp_async": "cp.async" in compiled.ptx,
+                    **_rounding_facts(compiled.ptx),
+                })
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    """One line per (variant, config): registers and shared bytes on each cc, the mma used."""
+    def short(mma):
+        return ", ".join(m.replace("mma.sync.aligned.", "mma.").replace("wgmma.mma_async.sync.aligned.", "wgmma.") for m in mma)
+
+    lines = [
+        "| variant | M bucket | tile MxNxK | warps/stages | registers sm_80/86/90 | shared bytes sm_80/86/90 | spills | PTX sm_80 / sm_90 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["bucket"], r["tile"], r["warps"], r["stages"]), {})[r["cc"]] = r
+    for (variant, bucket, tile, warps, stages), by_cc in groups.items():
+        regs = "/".join(str(by_cc[cc]["registers"]) for cc in CCS)
+        shared = "/".join(str(by_cc[cc]["shared_bytes"]) for cc in CCS)
+        spills = "none" if all(by_cc[cc]["local_bytes"] == 0 for cc in CCS) else "YES"
+        lines.append(f"| {variant} | {bucket} | {tile} | {warps}/{stages} | {regs} | {shared} | {spills} | "
+                     f"`{short(by_cc[80]['mma'])}` / `{short(by_cc[90]['mma'])}` |")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def compiled_rows():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 1 is the old default
+    proc = subprocess.run([sys.executable, __file__, "--json", "--test-set"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"AOT compile worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def gemm_rows(compiled_rows):
+    return compiled_rows["gemm"]
+
+
+@pytest.mark.parametrize("cc", CCS)
+@pytest.mark.parametrize("variant", list(EXPECTED_MMA))
+def test_tensor_cores_and_no_spills(gemm_rows, variant, cc):
+    rows = [r for r in gemm_rows if r["variant"] == variant and r["cc"] == cc]
+    assert rows, f"no compiled configuration for {variant} on sm_{cc}"
+    dense_mma, wgmma = EXPECTED_MMA[variant]
+    for r in rows:
+        where = f"{variant} {r['bucket']}-M tile {r['tile']} on sm_{cc}"
+        mma_sync = [m for m in r["mma"] if m.startswith("mma.sync") and m.endswith(dense_mma)]
+        hopper = [m for m in r["mma"] if m.startswith("wgmma") and m.endswith(wgmma)]
+        assert mma_sync or (cc == 90 and hopper), f"{where}: no tensor-core instruction of the right type in {r['mma']}"
+        assert not any(m.startswith("mma.sp") for m in r["mma"]), f"{where}: unexpected sparse mma {r['mma']}"
+        if r["local_bytes"] is not None:
+            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes to local memory"
+        # The pipelined (cp.async) loads are what num_stages buys; a missing hint loses them.
+        assert r["cp_async"], f"{where}: the loads are not asynchronous copies (cp.async)"
+        if variant.endswith("xscale"):  # x quantized in the GEMM prologue
+            assert r["fdiv"] == ["div.rn.f32"] and r["rne_magic"], f"{where}: quantization not bit-exact: {r}"
+
+
+def test_quantizer_rounds_like_torch(compiled_rows):
+    """Correctly rounded divisions and the round-half-even constant survive compilation."""
+    for r in compiled_rows["quantize"]:
+        where = f"_quantize_rows_kernel single_pass={r['single_pass']} on sm_{r['cc']}"
+        assert r["fdiv"] == ["div.rn.f32"], f"{where}: divisions {r['fdiv']} (approximate division breaks bit-exactness)"
+        assert r["rne_magic"], f"{where}: the 1.5 * 2**23 rounding constant was folded away"
+        if r["local_bytes"] is not None:
+            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes"
+
+
+if __name__ == "__main__":
+    test_set = "--test-set" in sys.argv
+    result = {"gemm": _rows(all_configs=not test_set), "quantize": _quantizer_rows()}
+    if "--json" in sys.argv:
+        print(json.dumps(result))
+    else:
+        print(_markdown(result["gemm"]))
