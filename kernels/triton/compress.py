@@ -1,7 +1,6 @@
 """2:4 compression and decompression on the GPU (``sparsedm::compress24`` / ``decompress24``, backend ``triton``).
 
-Layout: docs/KERNELS.md, section "Triton implicit-GEMM 2:4 conv" / "compress24 and
-decompress24 kernels" (docs/KERNELS_triton_conv.md until merged), which restates the
+Layout: docs/KERNELS.md, section "compress24 and decompress24 kernels", which restates the
 canonical form of DESIGN.md "The 2:4 contract":
 
     w      [N, K]    any dtype, K a multiple of 8, groups of 4 consecutive elements along K

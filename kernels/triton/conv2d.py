@@ -1,7 +1,6 @@
 """Implicit-GEMM 2-D convolution with a 2:4 weight (``sparsedm::sparse24_conv2d``, backend ``triton``).
 
-Layout: docs/KERNELS.md, section "Triton implicit-GEMM 2:4 conv" (docs/KERNELS_triton_conv.md
-until merged). The convolution is computed as a GEMM without an im2col tensor in memory:
+Layout: docs/KERNELS.md, section "Triton implicit-GEMM 2:4 conv". The convolution is computed as a GEMM without an im2col tensor in memory:
 
     GEMM M = N * OH * OW   output pixels, m -> (n, oh, ow), ow fastest
     GEMM N = Cout          output channels

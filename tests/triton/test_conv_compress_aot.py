@@ -7,7 +7,7 @@ an interpreted function that the compiler cannot lower.
 
     python tests/triton/test_conv_compress_aot.py --markdown [--all-configs]
 
-prints the table of docs/KERNELS_triton_conv.md ("AOT report").
+prints the table of docs/KERNELS.md ("AOT report").
 """
 
 from __future__ import annotations
