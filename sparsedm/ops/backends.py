@@ -70,10 +70,20 @@ registry.register_backend("reference", "plain torch on the decompressed weight; 
 registry.register_backend(
     "triton", "Triton kernels (sparsedm.kernels)", _probe_triton, loader=lambda: importlib.import_module("sparsedm.kernels")
 )
-registry.register_backend("cuda", "hand-written mma.sp / int8 mma CUDA kernels (sparsedm._C)", _probe_cuda)
+registry.register_backend(
+    "cuda",
+    "hand-written mma.sp / int8 mma CUDA kernels (sparsedm._C)",
+    _probe_cuda,
+    loader=lambda: importlib.import_module("sparsedm.ops.cuda_backend"),
+)
 registry.register_backend("cusparselt", "torch._cslt_sparse_mm (cuSPARSELt)", _probe_cusparselt)
 registry.register_backend("cutlass", "torch._sparse_semi_structured_linear (CUTLASS, sm_8x)", _probe_cutlass)
-registry.register_backend("dense", "cuBLAS/cuDNN on the decompressed weight", _cuda_device_reason)
+registry.register_backend(
+    "dense",
+    "cuBLAS/cuDNN on the decompressed weight (cached per weight)",
+    _cuda_device_reason,
+    loader=lambda: importlib.import_module("sparsedm.ops.dense"),
+)
 
 for _op in OPS:
     registry.register_kernel(_op, "reference", getattr(reference, _op))

@@ -10,7 +10,10 @@ Choice, for each call:
    else the ``SPARSEDM_BACKEND`` environment variable (``auto`` means "not forced");
 2. a forced backend must run the call: unknown name, unavailable backend, missing kernel or
    unsupported arguments raise :class:`BackendUnavailableError`; there is no silent fallback;
-3. otherwise the first backend in :data:`PRIORITY` that is available, has the kernel and
+3. otherwise, for CUDA tensors, the backend that :mod:`sparsedm.ops.autotune` measured
+   fastest for this (op, shape bucket, dtype, GPU) among those that can run the call
+   (``dense`` included), remembered on disk;
+4. failing that, the first backend in :data:`PRIORITY` that is available, has the kernel and
    supports the arguments; ``reference`` runs everything, so the search always ends. CPU
    tensors get the reference path unless a backend is forced.
 
@@ -205,7 +208,12 @@ def select(op: str, args: tuple) -> tuple[str, Kernel]:
                 f"`sparsedm info` lists what each backend needs"
             )
         return forced, backend.kernels[op]
-    on_cpu = _first_device_type(args) == "cpu"
+    device_type = _first_device_type(args)
+    if device_type == "cuda":
+        name = _autotuned(op, args)
+        if name is not None:
+            return name, _BACKENDS[name].kernels[op]
+    on_cpu = device_type == "cpu"
     for backend in backends():
         # On CPU only the reference path is chosen automatically: other backends reach CPU
         # tensors through test-only emulation (Triton's interpreter) and must be forced.
@@ -214,6 +222,21 @@ def select(op: str, args: tuple) -> tuple[str, Kernel]:
         if why_not(backend, op, args) is None:
             return backend.name, backend.kernels[op]
     raise BackendUnavailableError(f"no registered backend can run {op} on these arguments")
+
+
+def _autotuned(op: str, args: tuple) -> Optional[str]:
+    """The backend :mod:`sparsedm.ops.autotune` measured fastest for this call (CUDA only)."""
+    from sparsedm.ops import autotune  # imported on the first GPU call: CPU-only use never needs it
+
+    def candidates():
+        usable = [b for b in backends() if why_not(b, op, args) is None]
+        fast = [b for b in usable if b.name != "reference"]  # dense always beats reference
+        return [(b.name, b.kernels[op].fn) for b in (fast or usable)]
+
+    name = autotune.choose(op, args, candidates)
+    if name is None or name not in _BACKENDS or why_not(_BACKENDS[name], op, args) is not None:
+        return None  # a remembered winner this install cannot run: fall back to priority order
+    return name
 
 
 def _first_device_type(args: tuple) -> Optional[str]:
