@@ -29,6 +29,10 @@ def _devices() -> list[dict]:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.file:
+        from sparsedm.convert.cli import file_info
+
+        return file_info(args.file, args.json, args.debug)
     triton_version = None
     try:
         import triton
@@ -71,7 +75,24 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {b['name']:<{width}}  {mark}  {b['detail']}")
         if args.backends and b["ops"]:
             print(f"  {'':<{width}}       ops: {', '.join(b['ops'])}")
+    if args.backends:
+        _print_autotune_cache()
     return 0
+
+
+def _print_autotune_cache() -> None:
+    """The automatic backend choices remembered on disk (sparsedm.ops.autotune)."""
+    from sparsedm.ops import autotune
+
+    rows = autotune.cache_summary()
+    print(f"automatic backend choices ({autotune.cache_path()}):")
+    if not rows:
+        print("  none yet: the first CUDA call of each op and shape bucket measures the candidates")
+        return
+    for r in rows:
+        stale = "" if r["current"] else "  (other versions; remeasured when used)"
+        times = ", ".join(f"{b} {ms:.3f} ms" for b, ms in sorted(r["ms"].items(), key=lambda kv: kv[1]))
+        print(f"  {r['gpu']}: {r['key']} -> {r['backend']}  [{times}]{stale}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,15 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser(
         "info",
-        help="show the version, devices and which kernel backends can run here",
-        description="Show the sparsedm version, torch/triton/CUDA versions, how the compiled extension "
-        "was built, the devices, and each kernel backend with whether it can run here and why not.",
+        help="show versions, devices and backends; or describe a converted FILE",
+        description="Without FILE: the sparsedm version, torch/triton/CUDA versions, how the compiled "
+        "extension was built, the devices, and each kernel backend with whether it can run here and why "
+        "not. With FILE (a file written by `sparsedm convert`): its manifest, layer table, MACs dense vs "
+        "2:4 and size against dense fp16.",
     )
+    info.add_argument("file", nargs="?", help="a converted .safetensors file to describe")
     info.add_argument("--backends", action="store_true", help="also list the ops each backend implements")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
+    info.add_argument("--debug", action="store_true", help="show tracebacks on errors (with FILE)")
     info.set_defaults(func=_info)
     from sparsedm.bench.cli import register as register_bench
+    from sparsedm.convert.cli import register as register_convert
 
+    register_convert(sub)
     register_bench(sub)
     return parser
 
