@@ -1,0 +1,65 @@
+// Plain C entry points of the CUDA kernels (csrc/cuda/*_launch.cu), torch-free.
+// Each returns SPARSEDM_OK or an error code; sparsedm_cuda_error_string() turns a code into
+// text, csrc/cuda_ops.cpp into a readable torch error. All pointers are device pointers;
+// `stream` is a cudaStream_t passed as void* so that this header needs no CUDA include.
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum sparsedm_cuda_status {
+  SPARSEDM_OK = 0,
+  SPARSEDM_ERR_N_ALIGN = 1,       // N (out features) is not a multiple of 16
+  SPARSEDM_ERR_K_ALIGN = 2,       // K is not a multiple of the kernel's K stage (64 f16/bf16, 128 int8)
+  SPARSEDM_ERR_BAD_DTYPE = 3,     // unsupported dtype code
+  SPARSEDM_ERR_BAD_ARG = 4,       // null pointer, M < 1, bad activation or family
+  SPARSEDM_ERR_ARCH = 5,          // the device is older than sm_80 (no mma.sp / cp.async)
+  SPARSEDM_ERR_CUDA = 6,          // a CUDA runtime call failed (launch, attribute)
+  SPARSEDM_ERR_ALIGN = 7,         // a pointer is not 16-byte aligned
+};
+
+// dtype codes of activations / outputs.
+enum sparsedm_dtype { SPARSEDM_F16 = 0, SPARSEDM_BF16 = 1, SPARSEDM_F32 = 2 };
+// Weight families (relayout.cuh): 2:4 f16/bf16, 2:4 int8, dense int8.
+enum sparsedm_family { SPARSEDM_SP16 = 0, SPARSEDM_SP8 = 1, SPARSEDM_D8 = 2 };
+
+const char* sparsedm_cuda_error_string(int status);
+// Last CUDA runtime error text seen by an entry point that returned SPARSEDM_ERR_CUDA.
+const char* sparsedm_cuda_last_cuda_error(void);
+
+// K stage of a family (64 for SP16, 128 for the int8 ones): K must be a multiple of it.
+int sparsedm_cuda_k_multiple(int family);
+// Words (uint32) of the re-laid-out weight and metadata of an N x K layer.
+long sparsedm_cuda_relayout_words(int family, int N, int K, long* meta_words);
+
+// Canonical -> kernel order. src: SP16 values [N, K/2] f16/bf16; SP8 values_q [N, K/2] int8;
+// D8 w_q [N, K] int8 (all row-major contiguous, 4-byte aligned). meta: uint8 [N, K/8] (sparse
+// families; may be null for D8). out_w / out_meta: sizes from sparsedm_cuda_relayout_words.
+int sparsedm_cuda_relayout(int family, const void* src, const uint8_t* meta, uint32_t* out_w, uint32_t* out_meta,
+                           int N, int K, void* stream);
+
+// Per-token int8 quantization of x [M, K] (dtype x_dtype) into q int8 [M, K] and scale
+// float32 [M]; static_scale float32 (1 or M elements) or null for dynamic absmax scales.
+int sparsedm_cuda_quantize_rows(const void* x, int x_dtype, int8_t* q, float* scale, const float* static_scale,
+                                int static_numel, int M, int K, void* stream);
+
+// y [M, N] = act(x [M, K] . W^T + bias) (+ residual), 2:4 f16/bf16 weight re-laid out by
+// sparsedm_cuda_relayout(SPARSEDM_SP16). dtype: SPARSEDM_F16 or SPARSEDM_BF16 (x, y, residual).
+// bias float32 [N] or null; residual [M, N] or null; activation 0..3 (none, gelu, gelu_tanh, silu).
+int sparsedm_cuda_sparse24_gemm(const void* x, const uint32_t* w, const uint32_t* meta, const float* bias,
+                                const void* residual, void* y, int M, int N, int K, int dtype, int activation,
+                                void* stream);
+
+// y [M, N] = act((q [M, K] . W_q^T) * x_scale[:, None] * w_scale[None, :] + bias) (+ residual)
+// with int32 accumulation. family SPARSEDM_SP8 (meta required) or SPARSEDM_D8 (meta null).
+// out_dtype: SPARSEDM_F16, SPARSEDM_BF16 or SPARSEDM_F32.
+int sparsedm_cuda_int8_gemm(int family, const int8_t* q, const float* x_scale, const uint32_t* w,
+                            const uint32_t* meta, const float* w_scale, const float* bias, const void* residual,
+                            void* y, int M, int N, int K, int out_dtype, int activation, void* stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,167 @@
+// Torch glue of the CUDA kernels: private ops sparsedm::_cuda_* (schemas + CUDA impls) that
+// call the plain C entry points of csrc/cuda/gemm_api.h on the current CUDA stream and turn
+// their error codes into readable torch errors. The public ops (sparsedm/ops/library.py) reach
+// these through the backend registry (sparsedm/ops/cuda_backend.py), never directly, so that
+// backend forcing and `supports` reasons keep working (docs/KERNELS.md, "CUDA GEMMs").
+// Compiled to nothing in a CPU-only build.
+#ifdef SPARSEDM_WITH_CUDA
+
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include "cuda/gemm_api.h"
+
+namespace {
+
+void check_status(int status, const char* op) {
+  if (status == SPARSEDM_OK) return;
+  std::string msg = std::string(op) + ": " + sparsedm_cuda_error_string(status);
+  if (status == SPARSEDM_ERR_CUDA) msg += std::string(" (") + sparsedm_cuda_last_cuda_error() + ")";
+  TORCH_CHECK(false, msg);
+}
+
+int dtype_code(at::ScalarType t, const char* op) {
+  switch (t) {
+    case at::kHalf: return SPARSEDM_F16;
+    case at::kBFloat16: return SPARSEDM_BF16;
+    case at::kFloat: return SPARSEDM_F32;
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", t, " (float16, bfloat16 or float32)");
+  }
+  return -1;
+}
+
+void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+void require_cuda_contiguous(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+const float* opt_f32(const std::optional<at::Tensor>& t, const char* op, const char* name) {
+  if (!t.has_value()) return nullptr;
+  require_cuda_contiguous(*t, op, name);
+  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32 (the backend converts it)");
+  return t->data_ptr<float>();
+}
+
+// (weight_words, meta_words) = re-layout of canonical (src [N, K/2] or [N, K], meta [N, K/8]).
+std::tuple<at::Tensor, at::Tensor> relayout(const at::Tensor& src, const std::optional<at::Tensor>& meta, int64_t family,
+                                            int64_t N, int64_t K) {
+  const char* op = "sparsedm::_cuda_relayout24";
+  require_cuda_contiguous(src, op, "src");
+  c10::cuda::CUDAGuard guard(src.device());
+  long meta_words = 0;
+  const long w_words = sparsedm_cuda_relayout_words(static_cast<int>(family), static_cast<int>(N), static_cast<int>(K), &meta_words);
+  auto opts = src.options().dtype(at::kInt);
+  at::Tensor out_w = at::empty({w_words}, opts);
+  at::Tensor out_m = at::empty({meta_words}, opts);
+  const uint8_t* meta_ptr = nullptr;
+  if (meta.has_value()) {
+    require_cuda_contiguous(*meta, op, "meta");
+    TORCH_CHECK(meta->scalar_type() == at::kByte, op, ": meta must be uint8");
+    meta_ptr = meta->data_ptr<uint8_t>();
+  }
+  check_status(sparsedm_cuda_relayout(static_cast<int>(family), src.data_ptr(), meta_ptr,
+                                      reinterpret_cast<uint32_t*>(out_w.data_ptr<int>()),
+                                      reinterpret_cast<uint32_t*>(out_m.data_ptr<int>()), static_cast<int>(N),
+                                      static_cast<int>(K), stream_of(src)),
+               op);
+  return {out_w, out_m};
+}
+
+at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& meta,
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, int64_t N,
+                         int64_t activation) {
+  const char* op = "sparsedm::_cuda_sparse24_gemm";
+  require_cuda_contiguous(x, op, "x");
+  require_cuda_contiguous(w, op, "w");
+  require_cuda_contiguous(meta, op, "meta");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1), M = x.numel() / K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty(out_shape, x.options());
+  const void* res = nullptr;
+  if (residual.has_value()) {
+    require_cuda_contiguous(*residual, op, "residual");
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type() && residual->numel() == M * N, op, ": residual must match the output");
+    res = residual->data_ptr();
+  }
+  check_status(sparsedm_cuda_sparse24_gemm(x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
+                                           reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"),
+                                           res, y.data_ptr(), static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+                                           dtype_code(x.scalar_type(), op), static_cast<int>(activation), stream_of(x)),
+               op);
+  return y;
+}
+
+// (q int8 [.., K], scale float32 [M]) of x; static_scale float32 (1 or M elements) optional.
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std::optional<at::Tensor>& static_scale) {
+  const char* op = "sparsedm::_cuda_quantize_rows";
+  require_cuda_contiguous(x, op, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1), M = x.numel() / K;
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  at::Tensor s = at::empty({M}, x.options().dtype(at::kFloat));
+  const float* ss = opt_f32(static_scale, op, "static_scale");
+  check_status(sparsedm_cuda_quantize_rows(x.data_ptr(), dtype_code(x.scalar_type(), op), q.data_ptr<int8_t>(),
+                                           s.data_ptr<float>(), ss, ss ? static_cast<int>(static_scale->numel()) : 0,
+                                           static_cast<int>(M), static_cast<int>(K), stream_of(x)),
+               op);
+  return {q, s};
+}
+
+at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::Tensor& w,
+                     const std::optional<at::Tensor>& meta, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& residual, int64_t family, int64_t N, at::ScalarType out_dtype,
+                     int64_t activation) {
+  const char* op = "sparsedm::_cuda_int8_gemm";
+  require_cuda_contiguous(q, op, "q");
+  require_cuda_contiguous(w, op, "w");
+  TORCH_CHECK(q.scalar_type() == at::kChar, op, ": q must be int8");
+  c10::cuda::CUDAGuard guard(q.device());
+  const int64_t K = q.size(-1), M = q.numel() / K;
+  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty(out_shape, q.options().dtype(out_dtype));
+  const uint32_t* meta_ptr = nullptr;
+  if (meta.has_value()) {
+    require_cuda_contiguous(*meta, op, "meta");
+    meta_ptr = reinterpret_cast<const uint32_t*>(meta->data_ptr<int>());
+  }
+  const void* res = nullptr;
+  if (residual.has_value()) {
+    require_cuda_contiguous(*residual, op, "residual");
+    TORCH_CHECK(residual->scalar_type() == out_dtype && residual->numel() == M * N, op, ": residual must match the output");
+    res = residual->data_ptr();
+  }
+  check_status(sparsedm_cuda_int8_gemm(static_cast<int>(family), q.data_ptr<int8_t>(), opt_f32(x_scale, op, "x_scale"),
+                                       reinterpret_cast<const uint32_t*>(w.data_ptr<int>()), meta_ptr,
+                                       opt_f32(w_scale, op, "w_scale"), opt_f32(bias, op, "bias"), res, y.data_ptr(),
+                                       static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+                                       dtype_code(out_dtype, op), static_cast<int>(activation), stream_of(q)),
+               op);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sparsedm, m) {
+  m.def("_cuda_relayout24(Tensor src, Tensor? meta, int family, int N, int K) -> (Tensor, Tensor)");
+  m.def("_cuda_sparse24_gemm(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int N, int activation) -> Tensor");
+  m.def("_cuda_quantize_rows(Tensor x, Tensor? static_scale) -> (Tensor, Tensor)");
+  m.def(
+      "_cuda_int8_gemm(Tensor q, Tensor x_scale, Tensor w, Tensor? meta, Tensor w_scale, Tensor? bias, Tensor? residual, "
+      "int family, int N, ScalarType out_dtype, int activation) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparsedm, CUDA, m) {
+  m.impl("_cuda_relayout24", &relayout);
+  m.impl("_cuda_sparse24_gemm", &sparse24_gemm);
+  m.impl("_cuda_quantize_rows", &quantize_rows);
+  m.impl("_cuda_int8_gemm", &int8_gemm);
+}
+
+#endif  // SPARSEDM_WITH_CUDA

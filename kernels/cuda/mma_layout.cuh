@@ -1,0 +1,158 @@
+// Warp-level index math of the sparsedm tensor-core GEMMs (docs/KERNELS.md, "CUDA GEMMs").
+//
+// Every "which lane holds which element" question the kernels (gemm_mma.cuh) and the load-time
+// re-layout (relayout.cuh) answer goes through the functions below, and nothing else. They are
+// plain __host__ __device__ C++ so that tests/cpp/test_mma_fragments.cpp can drive 32 emulated
+// lanes through exactly this code into an mma emulator written from the PTX ISA tables.
+//
+// Notation (PTX ISA): lane in [0, 32), g = lane >> 2 ("groupID"), t = lane & 3
+// ("threadID_in_group"). The GEMM is Y^T = W X^T: the mma A operand is a 16-row tile of the
+// weight W [N, K] (rows = output features), B is X^T (K x tokens, "col" = X row-major), C/D
+// is 16 features x 8 tokens. A "group" is 4 consecutive logical k (the 2:4 group).
+//
+// Three instruction shapes are used:
+//   SP16 : mma.sp::ordered_metadata m16n8k32, f16/bf16 in, f32 accumulate (8 groups per row)
+//   SP8  : mma.sp::ordered_metadata m16n8k64, s8 in, s32 accumulate     (16 groups per row)
+//   D8   : mma.sync m16n8k32, s8 in, s32 accumulate (dense)
+// Torch-free, NVRTC-compatible.
+#pragma once
+
+#include "sparse24_meta.cuh"  // SPARSEDM_HD
+
+namespace sparsedm {
+namespace layout {
+
+SPARSEDM_HD int lane_group(int lane) { return lane >> 2; }
+SPARSEDM_HD int lane_in_group(int lane) { return lane & 3; }
+
+// ---- accumulator (C/D), identical for the three shapes ---------------------------------
+// Element i in [0, 4) of a lane: feature row g (+8 for i >= 2), token column 2t + (i & 1).
+SPARSEDM_HD int acc_row(int lane, int i) { return lane_group(lane) + 8 * (i >> 1); }
+SPARSEDM_HD int acc_col(int lane, int i) { return 2 * lane_in_group(lane) + (i & 1); }
+
+// ---- SP16: m16n8k32 f16/bf16, A is the compressed 16 x 16 tile -------------------------
+// Register r in [0, 4) of a lane holds the two kept values (ascending k) of ONE 2:4 group:
+// row g + 8*(r & 1), group t + 4*(r >> 1). So the 4 registers are 4 whole groups, and the
+// canonical `values` pair of that group is one aligned 32-bit word: re-layout is a gather.
+SPARSEDM_HD int sp16_a_row(int lane, int r) { return lane_group(lane) + 8 * (r & 1); }
+SPARSEDM_HD int sp16_a_group(int lane, int r) { return lane_in_group(lane) + 4 * (r >> 1); }
+// Metadata, sparsity selector 0: lanes with t in {0, 1} supply it. Bits [15:0] are the 4
+// nibbles (groups q0..q0+3, group q0 lowest) of row g, bits [31:16] the same groups of row
+// g + 8, with q0 = 4 * t. Lanes t >= 2 are ignored by the hardware (we give them t & 1's word).
+SPARSEDM_HD int sp16_meta_first_group(int lane) { return 4 * (lane_in_group(lane) & 1); }
+SPARSEDM_HD int sp16_meta_row(int lane, int half) { return lane_group(lane) + 8 * half; }
+// B (32 k x 8 tokens): register r holds k = 2t + 8r and k + 1 (low half first) of token g.
+SPARSEDM_HD int sp16_b_k(int lane, int r) { return 2 * lane_in_group(lane) + 8 * r; }
+SPARSEDM_HD int b_token(int lane) { return lane_group(lane); }
+
+// ---- SP8: m16n8k64 s8, A is the compressed 16 x 32 byte tile ---------------------------
+// Register r holds 4 kept bytes = the kept pairs of TWO consecutive groups of row
+// g + 8*(r & 1): groups 2t + 8*(r >> 1) (low 16 bits) and that + 1 (high 16 bits).
+SPARSEDM_HD int sp8_a_row(int lane, int r) { return lane_group(lane) + 8 * (r & 1); }
+SPARSEDM_HD int sp8_a_group(int lane, int r) { return 2 * lane_in_group(lane) + 8 * (r >> 1); }
+// Metadata, selector 0, all four lanes of a quad: bits [15:0] = groups 4t..4t+3 of row g,
+// bits [31:16] = the same groups of row g + 8 (see docs: this mapping is the one part of the
+// int8 sparse path that the CUTLASS cross-check does not pin down; GPU test required).
+SPARSEDM_HD int sp8_meta_first_group(int lane) { return 4 * lane_in_group(lane); }
+SPARSEDM_HD int sp8_meta_row(int lane, int half) { return lane_group(lane) + 8 * half; }
+// B (64 k x 8 tokens): register r holds k = 4t + 16r .. +3 of token g (lowest byte first).
+SPARSEDM_HD int sp8_b_k(int lane, int r) { return 4 * lane_in_group(lane) + 16 * r; }
+
+// ---- D8: dense m16n8k32 s8 --------------------------------------------------------------
+// A register r: 4 bytes k = 4t + 16*(r >> 1) .. +3 of row g + 8*(r & 1). B register r in
+// [0, 2): k = 4t + 16r .. +3 of token g.
+SPARSEDM_HD int d8_a_row(int lane, int r) { return lane_group(lane) + 8 * (r & 1); }
+SPARSEDM_HD int d8_a_k(int lane, int r) { return 4 * lane_in_group(lane) + 16 * (r >> 1); }
+SPARSEDM_HD int d8_b_k(int lane, int r) { return 4 * lane_in_group(lane) + 16 * r; }
+
+// ---- activation tile in shared memory and ldmatrix --------------------------------------
+// A stage holds ROWS tokens x 128 bytes of k (64 halves or 128 int8), as 8 chunks of 16 B
+// per token. Chunk c of token row r is stored at chunk c ^ (r & 7): the 8 row addresses of one
+// ldmatrix phase then hit 8 different 16-byte bank groups (no conflicts), and a cp.async of
+// one 16-byte chunk stays contiguous.
+SPARSEDM_HD int smem_x_byte_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+// ldmatrix.x4: lane supplies the address of row (lane & 7) of matrix (lane >> 3). Our matrices
+// are 8 tokens x 16 bytes: matrix j = k chunk (chunk0 + j) of tokens token0 .. token0 + 7.
+SPARSEDM_HD int ldsm_x4_token(int lane) { return lane & 7; }
+SPARSEDM_HD int ldsm_x4_chunk(int lane) { return lane >> 3; }
+// ldmatrix result: register j of lane l = 32-bit word (l & 3) of row (l >> 2) of matrix j.
+// So register j = token g, bytes 4t..4t+3 of chunk j: for f16 that is k = 8j + 2t (+1), i.e.
+// sp16_b register j; for s8 k = 16j + 4t, i.e. sp8_b register j / d8_b register j of the
+// k-step that contains chunk j.
+
+// ---- load-time re-layout of the weight (canonical -> kernel order) -------------------------
+// The kernel walks K in stages of 128 bytes of logical k (64 halves: 2 SP16 steps; 128 int8:
+// 2 SP8 steps or 4 D8 steps). For every (stage kb, 16-row tile mt) the weight fragments of all
+// steps are one contiguous block of kATileWords 32-bit words, in the order
+//   [step][lane][register]  (512 bytes per step: one 16-byte load per lane per mma),
+// and blocks are ordered [kb][mt], so the tiles a thread block needs for one stage are one
+// contiguous range (cp.async.cg, 16 bytes per thread and instruction).
+// Metadata likewise: per (kb, mt) a block of kMetaEntries x 2 words, entry e holding the
+// metadata words of the 2 sparse steps of the stage (one 8-byte load per lane per stage).
+struct Sp16 {
+  static constexpr int kStepsPerStage = 2;
+  static constexpr int kRegsA = 4;
+  static constexpr int kATileWords = kStepsPerStage * 32 * kRegsA;  // 1 KiB
+  static constexpr int kMetaEntries = 16;                           // lanes with t < 2
+  static constexpr int kKPerStage = 64;                             // logical k
+  SPARSEDM_HD static int meta_entry(int lane) { return 2 * lane_group(lane) + (lane_in_group(lane) & 1); }
+};
+struct Sp8 {
+  static constexpr int kStepsPerStage = 2;
+  static constexpr int kRegsA = 4;
+  static constexpr int kATileWords = kStepsPerStage * 32 * kRegsA;  // 1 KiB
+  static constexpr int kMetaEntries = 32;                           // every lane
+  static constexpr int kKPerStage = 128;
+  SPARSEDM_HD static int meta_entry(int lane) { return lane; }
+};
+struct D8 {
+  static constexpr int kStepsPerStage = 4;
+  static constexpr int kRegsA = 4;
+  static constexpr int kATileWords = kStepsPerStage * 32 * kRegsA;  // 2 KiB
+  static constexpr int kMetaEntries = 0;
+  static constexpr int kKPerStage = 128;
+};
+
+// Word index (32-bit units) of register r of `lane` for step s of tile (kb, mt) in the
+// re-laid-out weight of a layer with n_tiles = N / 16 row tiles.
+template <class S>
+SPARSEDM_HD long a_word_index(int kb, int mt, int n_tiles, int s, int lane, int r) {
+  return ((static_cast<long>(kb) * n_tiles + mt) * S::kATileWords) + (s * 32 + lane) * S::kRegsA + r;
+}
+// Word index of the metadata of step s (0/1) of entry e for tile (kb, mt).
+template <class S>
+SPARSEDM_HD long meta_word_index(int kb, int mt, int n_tiles, int e, int s) {
+  return ((static_cast<long>(kb) * n_tiles + mt) * S::kMetaEntries + e) * 2 + s;
+}
+
+// Re-layout sources, in canonical terms (values [N, K/2], meta uint8 [N, K/8]).
+// SP16: the 32-bit word of register r = values row, half-columns 2*group .. +1 (4-byte aligned).
+SPARSEDM_HD void sp16_a_source(int kb, int mt, int s, int lane, int r, int* row, int* group) {
+  *row = mt * 16 + sp16_a_row(lane, r);
+  *group = kb * 16 + s * 8 + sp16_a_group(lane, r);
+}
+// SP8: the word of register r = values_q row, byte-columns 2*group .. 2*group + 3.
+SPARSEDM_HD void sp8_a_source(int kb, int mt, int s, int lane, int r, int* row, int* group) {
+  *row = mt * 16 + sp8_a_row(lane, r);
+  *group = kb * 32 + s * 16 + sp8_a_group(lane, r);
+}
+// D8: the word of register r = w_q row, bytes k .. k + 3.
+SPARSEDM_HD void d8_a_source(int kb, int mt, int s, int lane, int r, int* row, int* k) {
+  *row = mt * 16 + d8_a_row(lane, r);
+  *k = kb * 128 + s * 32 + d8_a_k(lane, r);
+}
+// Metadata: a 16-bit half = 4 consecutive groups of one row = 2 canonical meta bytes (the even
+// group in the low nibble, as the hardware wants the lower group in the lower bits), starting
+// at byte column first_group / 2 (first_group is a multiple of 4).
+SPARSEDM_HD void sp16_meta_source(int kb, int mt, int e, int s, int half, int* row, int* first_group) {
+  const int lane = 4 * (e >> 1) + (e & 1);  // a lane that owns entry e
+  *row = mt * 16 + sp16_meta_row(lane, half);
+  *first_group = kb * 16 + s * 8 + sp16_meta_first_group(lane);
+}
+SPARSEDM_HD void sp8_meta_source(int kb, int mt, int e, int s, int half, int* row, int* first_group) {
+  *row = mt * 16 + sp8_meta_row(e, half);
+  *first_group = kb * 32 + s * 16 + sp8_meta_first_group(e);
+}
+
+}  // namespace layout
+}  // namespace sparsedm

@@ -1,0 +1,169 @@
+"""The ``cuda`` backend: hand-written mma.sp / int8 mma kernels of ``sparsedm._C``.
+
+Three tiers (docs/KERNELS.md, "CUDA GEMMs"): device code in kernels/cuda, private C++ ops
+``sparsedm::_cuda_*`` in csrc/cuda_ops.cpp, and the Python kernels here, registered for the
+public ops through :func:`sparsedm.ops.registry.register_kernel`. The public ops stay Python
+``custom_op``s dispatching through the registry, so ``backend=`` / ``SPARSEDM_BACKEND``
+forcing and the ``supports`` reasons work exactly as for every other backend; the private
+ops are an implementation detail (no C++ kernel is registered under a public name).
+
+Weights are re-laid out once per (tensor, version, device) into the kernels' fragment order
+(canonical tensors stay the only stored form) and cached in a ``WeakKeyDictionary`` keyed by
+the canonical ``meta`` (2:4) or ``w_q`` (dense int8) tensor, so the cache dies with the module.
+
+This module imports cleanly without a CUDA build: the backend's probe reports the reason and
+the registry never loads it then; tests import it anyway to check ``supports`` messages.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from sparsedm.ops import checks, registry
+
+SP16, SP8, D8 = 0, 1, 2  # families of csrc/cuda/gemm_api.h
+K_MULTIPLE = {SP16: 64, SP8: 128, D8: 128}  # the kernels' K stage
+N_MULTIPLE = 16
+ACTIVATION_CODES = {name: i for i, name in enumerate(checks.ACTIVATIONS)}
+FLOAT16 = (torch.float16, torch.bfloat16)
+
+_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _private_ops_available() -> bool:
+    return hasattr(torch.ops.sparsedm, "_cuda_sparse24_gemm")
+
+
+def relayout(src: torch.Tensor, meta: Optional[torch.Tensor], family: int, n: int, k: int):
+    """Kernel-order ``(weight_words, meta_words)`` of a canonical weight, cached per tensor."""
+    key = meta if meta is not None else src
+    tag = (family, src.data_ptr(), src._version, None if meta is None else meta._version, src.device)
+    hit = _cache.get(key)
+    if hit is not None and hit[0] == tag:
+        return hit[1]
+    out = torch.ops.sparsedm._cuda_relayout24(src.contiguous(), None if meta is None else meta.contiguous(), family, n, k)
+    _cache[key] = (tag, out)
+    return out
+
+
+def _device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
+    for t in tensors:
+        if t is not None and not t.is_cuda:
+            return f"the cuda backend needs CUDA tensors, got a tensor on {t.device}"
+    major, minor = torch.cuda.get_device_capability(tensors[0].device)
+    if major < 8:
+        return f"mma.sp needs compute capability 8.0 or newer; this GPU is {major}.{minor}"
+    if not _private_ops_available():
+        return "sparsedm._C was built without the CUDA kernels (no sparsedm::_cuda_* ops)"
+    return None
+
+
+def _shape_reason(op: str, n: int, k: int, family: int) -> Optional[str]:
+    if n % N_MULTIPLE:
+        return f"{op}: N={n} out features is not a multiple of {N_MULTIPLE}; the cuda kernels need whole 16-row mma tiles (this layer runs on another backend)"
+    if k % K_MULTIPLE[family]:
+        return (
+            f"{op}: K={k} is not a multiple of {K_MULTIPLE[family]} (the cuda kernel's K tile for "
+            f"{'float16/bfloat16' if family == SP16 else 'int8'}); this layer runs on another backend (pad in_features to use it)"
+        )
+    return None
+
+
+def _robust(supports):
+    """Malformed arguments are the op checks' business (they raise the readable error inside
+    the kernel); a ``supports`` function only says whether well-formed ones fit the kernels."""
+
+    def wrapped(*args):
+        try:
+            return supports(*args)
+        except (IndexError, AttributeError, TypeError):
+            return None
+
+    wrapped.__name__ = supports.__name__
+    return wrapped
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _bias32(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if bias is None else bias.to(torch.float32).contiguous()
+
+
+# ---- sparse24_linear ----------------------------------------------------------------------
+
+
+def supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str]:
+    reason = _device_reason(x, values, meta, bias)
+    if reason:
+        return reason
+    if x.dtype not in FLOAT16:
+        return f"sparse24_linear: the cuda kernel takes float16 or bfloat16 x, got {x.dtype}"
+    if x.numel() == 0:
+        return "sparse24_linear: empty input"
+    return _shape_reason("sparse24_linear", values.shape[0], 2 * values.shape[1], SP16)
+
+
+def sparse24_linear(x, values, meta, bias, activation):
+    n = checks.check_sparse24_linear(x, values, meta, bias, activation)
+    k = x.shape[-1]
+    w, m = relayout(values, meta, SP16, n, k)
+    y = torch.ops.sparsedm._cuda_sparse24_gemm(_flat(x), w, m, _bias32(bias), None, n, ACTIVATION_CODES[activation])
+    return y.reshape(*x.shape[:-1], n)
+
+
+# ---- int8 -----------------------------------------------------------------------------------
+
+
+def _int8_reason(op, x, n, k, family, tensors) -> Optional[str]:
+    reason = _device_reason(*tensors)
+    if reason:
+        return reason
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"{op}: the cuda kernel takes float16, bfloat16 or float32 x, got {x.dtype}"
+    if x.numel() == 0:
+        return f"{op}: empty input"
+    return _shape_reason(op, n, k, family)
+
+
+def supports_int8_linear(x, w_q, w_scale, bias, x_scale) -> Optional[str]:
+    return _int8_reason("int8_linear", x, w_q.shape[0], w_q.shape[-1], D8, (x, w_q, w_scale, bias, x_scale))
+
+
+def supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> Optional[str]:
+    return _int8_reason(
+        "sparse24_int8_linear", x, values_q.shape[0], 2 * values_q.shape[1], SP8, (x, values_q, meta, w_scale, bias, x_scale)
+    )
+
+
+def _int8_run(x, family, w, m, n, w_scale, bias, x_scale):
+    xf = _flat(x)
+    static = None if x_scale is None else x_scale.to(torch.float32).reshape(-1).contiguous()
+    q, s_x = torch.ops.sparsedm._cuda_quantize_rows(xf, static)
+    y = torch.ops.sparsedm._cuda_int8_gemm(
+        q, s_x, w, m, w_scale.to(torch.float32).contiguous(), _bias32(bias), None, family, n, x.dtype, 0
+    )
+    return y.reshape(*x.shape[:-1], n)
+
+
+def int8_linear(x, w_q, w_scale, bias, x_scale):
+    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
+    w, m = relayout(w_q, None, D8, n, w_q.shape[1])
+    return _int8_run(x, D8, w, None, n, w_scale, bias, x_scale)
+
+
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale):
+    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
+    w, m = relayout(values_q, meta, SP8, n, 2 * values_q.shape[1])
+    return _int8_run(x, SP8, w, m, n, w_scale, bias, x_scale)
+
+
+registry.register_kernel("sparse24_linear", "cuda", sparse24_linear, supports=_robust(supports_sparse24_linear))
+registry.register_kernel("int8_linear", "cuda", int8_linear, supports=_robust(supports_int8_linear))
+registry.register_kernel(
+    "sparse24_int8_linear", "cuda", sparse24_int8_linear, supports=_robust(supports_sparse24_int8_linear)
+)
