@@ -1,0 +1,278 @@
+"""``sparsedm sample``: sample images from a converted file, a preset + state_dict, or a factory.
+
+    sparsedm sample MODEL -n 64 --steps N --seed S -o samples.png [--npz samples.npz]
+    torchrun --nproc-per-node G -m sparsedm.sampling MODEL -n 50000 --npz samples.npz
+
+``register(subparsers)`` adds the subcommand to the ``sparsedm`` parser; ``main(argv)`` runs it
+alone (``python -m sparsedm.sampling``, what torchrun launches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class SampleError(Exception):
+    """A user-facing error: what was wrong and what to do."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a converted .safetensors file (sparsedm convert); or use --preset / --factory")
+    p.add_argument("--preset", help="a model preset (sparsedm.models.PRESETS) instead of a converted file")
+    p.add_argument("--state-dict", help="with --preset: a plain state_dict (.pth/.safetensors) to load")
+    p.add_argument("--factory", help="MODULE:FUNCTION returning {model, sampler, shape, num_classes} "
+                   "(e.g. sparsedm.sampling.testing:tiny_factory)")
+    p.add_argument("-n", "--num-samples", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampler config)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    p.add_argument("-o", "--output", help="PNG grid of the samples (at most --grid-max images)")
+    p.add_argument("--npz", help=".npz for FID tools: uint8 NHWC under arr_0 (+ labels)")
+    p.add_argument("--grid-max", type=int, default=256, help="images in the PNG grid (default 256)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="network dtype (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per network call per device (default 64)")
+    p.add_argument("--backend", default=None, help="kernel backend for sparse/int8 layers (auto, triton, cuda, ...)")
+    p.add_argument("--sampler", dest="sampler_kind", default=None,
+                   help="override the sampler kind (euler_maruyama, euler_ode, ddim, ddpm, dpm_solver, dpm_solver++)")
+    p.add_argument("--order", type=int, default=None, help="DPM-Solver order (1-3)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic, 1: DDPM)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance, U-ViT form: cond + s (cond - uncond)")
+    p.add_argument("--class-label", type=int, default=None, help="sample this class only (default: random per sample)")
+    p.add_argument("--sampler-json", default=None, help="a JSON sampler config (docs/SAMPLING.md) replacing the model's")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the network from a CUDA graph (static shapes)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (conv models)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sample", help="sample images (PNG grid, .npz for FID); shards over GPUs under torchrun",
+        description="Sample images from a converted model, a preset + state_dict, or a factory. "
+        "Sample i uses seed + i, so the same seeds give the same images whatever the batch size or the "
+        "number of GPUs (torchrun --nproc-per-node G -m sparsedm.sampling ...).")
+    add_arguments(p)
+    p.set_defaults(func=run_sample)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _load_factory(spec: str, device: str, dtype) -> dict:
+    if ":" not in spec:
+        raise SampleError(f"--factory {spec!r} must be MODULE:FUNCTION", "e.g. sparsedm.sampling.testing:tiny_factory")
+    mod, fn = spec.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise SampleError(f"--factory {spec}: {e}", "check the module path and the function name") from None
+    out = factory(device=device, dtype=dtype)
+    missing = {"model", "sampler", "shape"} - set(out)
+    if missing:
+        raise SampleError(f"--factory {spec} returned no {sorted(missing)}", "return {model, sampler, shape, num_classes}")
+    return out
+
+
+def _load_preset(name: str, state_dict: Optional[str], device: str, dtype) -> dict:
+    try:
+        import sparsedm.models as models
+    except ImportError:
+        raise SampleError("--preset needs sparsedm.models, which is not in this installation",
+                          "use a converted file (sparsedm convert) or --factory") from None
+    presets = getattr(models, "PRESETS", {})
+    if name not in presets:
+        raise SampleError(f"unknown preset {name!r}", f"known presets: {', '.join(sorted(presets)) or 'none'}")
+    p = presets[name]
+    model = models.build(p["arch"], p["config"], device=device)
+    if state_dict:
+        if not os.path.isfile(state_dict):
+            raise SampleError(f"--state-dict {state_dict}: no such file", "give the path of the checkpoint's state_dict")
+        if state_dict.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(state_dict, device="cpu")
+        else:
+            sd = torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise SampleError(f"--state-dict {state_dict} does not fit preset {name}: missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}", "check the preset, or convert the checkpoint first")
+    else:
+        print(f"sparsedm sample: preset {name} with random weights (no --state-dict): images will be noise-like",
+              file=sys.stderr)
+    model = model.to(device=device, dtype=dtype).eval()
+    return {"model": model, "sampler": p.get("sampler"), "shape": (p["in_channels"], p["resolution"], p["resolution"]),
+            "num_classes": max(int(p["config"].get("num_classes", 0) or 0), 0)}
+
+
+def _load_converted(path: str, device: str, dtype, backend: Optional[str]) -> dict:
+    if not os.path.exists(path):
+        raise SampleError(f"{path}: no such file", "pass a file written by `sparsedm convert`, or --preset/--factory")
+    load = getattr(__import__("sparsedm"), "load", None)
+    if load is None:
+        raise SampleError("this installation has no sparsedm.load (the runtime loader)", "use --preset or --factory")
+    kwargs = {"device": device, "dtype": dtype}
+    if backend:
+        kwargs["backend"] = backend
+    loaded = load(path, **kwargs)
+    arch = (getattr(loaded, "manifest", None) or {}).get("architecture", {})
+    res, ch = arch.get("resolution"), arch.get("in_channels")
+    if not res or not ch:
+        raise SampleError(f"{path}: the manifest records no resolution/in_channels", "re-convert with --preset NAME")
+    return {"model": loaded.model.eval(), "sampler": loaded.sampler, "shape": (int(ch), int(res), int(res)),
+            "num_classes": max(int((arch.get("config") or {}).get("num_classes", 0) or 0), 0)}
+
+
+def _sampler_config(args, loaded: dict) -> dict:
+    cfg = loaded.get("sampler")
+    if args.sampler_json:
+        try:
+            with open(args.sampler_json) as f:
+                cfg = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SampleError(f"--sampler-json {args.sampler_json}: {e}", "give a JSON file with a sampler config") from None
+    if not cfg:
+        raise SampleError("the model records no sampler config", "pass --sampler-json FILE (docs/SAMPLING.md)")
+    cfg = dict(cfg)
+    for key, val in (("kind", args.sampler_kind), ("steps", args.steps), ("order", args.order), ("eta", args.eta),
+                     ("cfg_scale", args.cfg_scale)):
+        if val is not None:
+            cfg[key] = val
+    if args.sampler_kind and args.sampler_kind not in ("dpm_solver", "dpm_solver++"):
+        cfg.pop("order", None) if args.order is None else None
+        cfg.pop("lower_order_final", None)
+        cfg.pop("solver_type", None)
+    if args.sampler_kind and args.sampler_kind != "ddim" and args.eta is None:
+        cfg.pop("eta", None)
+    if cfg.get("cfg_scale") and loaded.get("num_classes") and cfg.get("null_class") is None:
+        cfg["null_class"] = loaded["num_classes"]  # U-ViT: the extra label embedding row
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (SampleError, ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        hint = f"\n  what to do: {e.args[1]}" if isinstance(e, SampleError) and len(e.args) > 1 else ""
+        print(f"sparsedm sample: error: {e.args[0] if e.args else e}{hint}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sparsedm.sampling.images import make_grid, write_npz, write_png
+    from sparsedm.sampling.run import generate, init_distributed
+    from sparsedm.sampling.samplers import from_config
+
+    sources = [s for s in (args.model, args.preset, args.factory) if s]
+    if len(sources) != 1:
+        raise SampleError("give exactly one model: a converted file, --preset NAME, or --factory MODULE:FUNCTION",
+                          "e.g. sparsedm sample model.safetensors -n 64 -o samples.png")
+    if args.state_dict and not args.preset:
+        raise SampleError("--state-dict goes with --preset NAME", "add --preset, or convert the checkpoint first")
+    if not args.output and not args.npz:
+        raise SampleError("nothing to write", "pass -o samples.png and/or --npz samples.npz")
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise SampleError("-n and --batch-size must be positive")
+    if args.output and not args.output.lower().endswith(".png"):
+        raise SampleError(f"-o {args.output}: the grid is written as PNG", "use a name ending in .png")
+    for path in (args.output, args.npz):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise SampleError(f"cannot write {path}: its directory does not exist", "create it first")
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SampleError(f"--device {device} but CUDA is not available here", "use --device cpu")
+    d = init_distributed(device)
+    if d.active and device == "cuda":
+        device = f"cuda:{d.local_rank}"
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.startswith("cuda") else torch.float32)
+    if args.cuda_graph and not device.startswith("cuda"):
+        raise SampleError("--cuda-graph needs a CUDA device", "drop --cuda-graph on CPU")
+
+    if args.factory:
+        loaded = _load_factory(args.factory, device, dtype)
+    elif args.preset:
+        loaded = _load_preset(args.preset, args.state_dict, device, dtype)
+    else:
+        loaded = _load_converted(args.model, device, dtype, args.backend)
+    if args.backend and not args.model:
+        from sparsedm.ops import use_backend  # sparse layers of presets/factories follow the global choice
+
+        use_backend(args.backend)
+    shape = tuple(int(s) for s in loaded["shape"])
+    if shape[0] not in (1, 3, 4):
+        raise SampleError(f"{shape[0]}-channel outputs cannot be saved as images")
+    if shape[0] == 4:
+        raise SampleError("this is a latent model (4 channels): decoding latents needs the autoencoder, which sparsedm "
+                          "does not ship yet", "sample a pixel-space model")
+    sampler = from_config(_sampler_config(args, loaded))
+    num_classes = int(loaded.get("num_classes", 0) or 0)
+    if args.class_label is not None and not 0 <= args.class_label < max(num_classes, 1):
+        raise SampleError(f"--class-label {args.class_label} is out of range", f"the model has {num_classes} classes")
+
+    model = loaded["model"]
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model, mode="max-autotune-no-cudagraphs" if args.cuda_graph else None)
+    if args.cuda_graph:
+        from sparsedm.sampling.graphs import GraphedModel
+
+        model = GraphedModel(model)
+
+    from tqdm import tqdm
+    from sparsedm.sampling.run import shard
+
+    batches, bs = shard(args.num_samples, d.world, d.rank, args.batch_size)
+    bar = tqdm(total=len(batches) * sampler.steps, unit="step", desc=f"sample {sampler.kind}",
+               disable=args.no_progress or d.rank != 0, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    images, labels = generate(model, sampler, shape, args.num_samples, args.seed, device=device, batch_size=args.batch_size,
+                              num_classes=num_classes, class_label=args.class_label, dtype=dtype,
+                              channels_last=args.channels_last, dist_info=d, progress=bar.update)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if d.rank == 0:
+        if args.npz:
+            extra = {"labels": labels} if labels is not None else {}
+            write_npz(args.npz, images, **extra)
+        if args.output:
+            grid = make_grid(images[: args.grid_max])
+            write_png(args.output, grid if grid.shape[2] != 1 else grid[:, :, 0])
+        wrote = " and ".join(p for p in (args.output, args.npz) if p)
+        print(f"sparsedm sample: {args.num_samples} images ({sampler.describe()}; batch {bs} x {d.world} "
+              f"rank{'s' if d.world > 1 else ''}) in {elapsed:.1f} s, {args.num_samples / elapsed:.2f} images/s; wrote {wrote}",
+              file=sys.stderr)
+    if d.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsedm.sampling", description="sparsedm sample (see `sparsedm sample -h`)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_sample(args)

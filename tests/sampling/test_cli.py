@@ -1,0 +1,106 @@
+"""``sparsedm sample`` on CPU: PNG + .npz, errors, and a 2-rank gloo torchrun run equal to 1 rank."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from sparsedm.sampling.cli import main
+from sparsedm.sampling.images import make_grid, png_bytes
+
+TINY = "sparsedm.sampling.testing:tiny_factory"
+TINY_EM = "sparsedm.sampling.testing:tiny_factory_em"
+
+
+def _read_png(path):
+    """Decode our own PNGs (filter 0, 8-bit) without PIL."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        tag = data[pos + 4:pos + 8]
+        chunks.setdefault(tag, b"")
+        chunks[tag] += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    w, h = int.from_bytes(chunks[b"IHDR"][:4], "big"), int.from_bytes(chunks[b"IHDR"][4:8], "big")
+    c = {0: 1, 2: 3, 6: 4}[chunks[b"IHDR"][9]]
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(h, 1 + w * c)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(h, w, c)
+
+
+def test_png_writer_roundtrip(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    p = tmp_path / "x.png"
+    p.write_bytes(png_bytes(img))
+    np.testing.assert_array_equal(_read_png(p), img)
+    pil = pytest.importorskip("PIL.Image")
+    np.testing.assert_array_equal(np.array(pil.open(p)), img)
+
+
+def test_sample_writes_png_and_npz(tmp_path):
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    rc = main([f"--factory={TINY}", "-n", "5", "--batch-size", "2", "--seed", "3", "-o", str(png), "--npz", str(npz),
+               "--no-progress"])
+    assert rc == 0
+    arr = np.load(npz)["arr_0"]
+    assert arr.shape == (5, 8, 8, 3) and arr.dtype == np.uint8
+    np.testing.assert_array_equal(_read_png(png), make_grid(arr))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # atomic writes leave no temporaries
+    # batch size does not change the images (per-sample seeds)
+    npz2 = tmp_path / "t.npz"
+    assert main([f"--factory={TINY}", "-n", "5", "--batch-size", "5", "--seed", "3", "--npz", str(npz2), "--no-progress"]) == 0
+    np.testing.assert_array_equal(np.load(npz2)["arr_0"], arr)
+
+
+def test_sample_with_a_preset_if_models_exist(tmp_path):
+    models = pytest.importorskip("sparsedm.models")
+    tiny = [n for n, p in models.PRESETS.items() if p.get("resolution", 999) <= 32 and p.get("in_channels") == 3]
+    if not tiny:
+        pytest.skip("no small pixel preset")
+    npz = tmp_path / "p.npz"
+    assert main(["--preset", tiny[0], "-n", "2", "--steps", "2", "--npz", str(npz), "--device", "cpu", "--no-progress"]) == 0
+    assert np.load(npz)["arr_0"].shape[0] == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    ([], "exactly one model"),
+    ([f"--factory={TINY}"], "nothing to write"),
+    ([f"--factory={TINY}", "-o", "x.jpg"], "PNG"),
+    ([f"--factory={TINY}", "-o", "/no/such/dir/x.png"], "directory does not exist"),
+    (["missing.safetensors", "--npz", "x.npz"], "no such file"),
+    ([f"--factory={TINY}", "--npz", "x.npz", "--sampler", "zigzag"], "unknown sampler kind"),
+    (["--factory=nope", "--npz", "x.npz"], "MODULE:FUNCTION"),
+    ([f"--factory={TINY}", "--npz", "x.npz", "--cuda-graph", "--device", "cpu"], "needs a CUDA device"),
+])
+def test_errors_are_clear(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--no-progress"]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
+def test_two_gloo_ranks_give_the_same_images_as_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    common = [f"--factory={TINY_EM}", "-n", "7", "--batch-size", "2", "--seed", "11", "--no-progress", "--device", "cpu"]
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    subprocess.run([sys.executable, "-m", "sparsedm.sampling", *common, "--npz", str(one)], check=True, env=env,
+                   timeout=120)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                    str(_free_port()), "-m", "sparsedm.sampling", *common, "--npz", str(two)], check=True, env=env,
+                   timeout=180)
+    a, b = np.load(one)["arr_0"], np.load(two)["arr_0"]
+    assert a.shape == (7, 8, 8, 3)
+    np.testing.assert_array_equal(a, b)
