@@ -7,28 +7,14 @@ import io
 import json
 import os
 import re
-import tempfile
 from typing import Iterable, Optional
+
+from sparsedm._io import write_atomic
 
 __all__ = ["write_atomic", "results_stem", "write_results", "markdown_table", "terminal_table", "load_results"]
 
 COLUMNS = ("op", "table", "layer", "shape", "dtype", "backend", "ms", "tflops", "speedup_vs_dense", "peak_fraction")
 MODEL_COLUMNS = ("model", "variant", "batch", "steps", "step_ms", "images_per_s", "speedup_vs_dense", "cuda_graph", "peak_mem_mb", "max_abs_diff")
-
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write to a temp file beside ``path`` and rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def results_stem(header: dict, kind: str) -> str:

@@ -26,12 +26,12 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
 
+from sparsedm._io import publish, temp_beside
 from sparsedm.convert.errors import FileFormatError
 
 FORMAT_NAME = "sparsedm"
@@ -136,7 +136,7 @@ class AtomicWriter:
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             raise FileFormatError(f"output directory {directory} does not exist", "create it or choose another -o path")
-        fd, self._tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=directory)
+        fd, self._tmp = temp_beside(self.path)
         self._file = os.fdopen(fd, "r+b")
         self._file.truncate(8 + self._header_size + self.data_bytes)
         return self
@@ -188,7 +188,7 @@ class AtomicWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         self._tmp = None
 
 

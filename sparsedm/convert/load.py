@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparsedm import ops
 from sparsedm.convert import arch as archs
-from sparsedm.convert.errors import ConvertError, FileFormatError
-from sparsedm.convert.fileformat import FileHeader, read_header, read_tensors
+from sparsedm.convert.errors import FileFormatError
+from sparsedm.convert.fileformat import read_header, read_tensors
 
 
 class _CompressedLayer(nn.Module):

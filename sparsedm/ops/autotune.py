@@ -33,13 +33,14 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+from sparsedm._io import atomic_open
 
 log = logging.getLogger("sparsedm.autotune")
 
@@ -283,17 +284,8 @@ class Autotuner:
             section["entries"][key] = record
             data = {"schema": SCHEMA, "environments": sections}
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".autotune-", suffix=".json", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_open(str(path), "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
         except OSError as exc:  # a read-only home must not stop inference
             log.warning("autotune: could not write the cache %s (%s); the choice is kept in memory only", path, exc)
 

@@ -6,14 +6,13 @@ then os.replace, so an interrupted run never leaves a truncated file under the f
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 import zlib
-from contextlib import contextmanager
 
 import numpy as np
 import torch
+
+from sparsedm._io import atomic_open
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -34,26 +33,6 @@ def make_grid(images: np.ndarray, nrow: int = 0, pad: int = 2) -> np.ndarray:
         y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
         out[y0:y0 + h, x0:x0 + w] = images[i]
     return out
-
-
-@contextmanager
-def atomic_open(path: str, mode: str = "wb"):
-    """Open a temporary file beside ``path``; on success it replaces ``path`` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist (create it first)")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def png_bytes(image: np.ndarray) -> bytes:

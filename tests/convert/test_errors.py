@@ -3,7 +3,6 @@ traceback, and no output file (nor a temporary one)."""
 
 import argparse
 import json
-import os
 import pickle
 
 import pytest

@@ -2,7 +2,6 @@
 equals the source model with its masks applied."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from safetensors.torch import save_file
 import sparsedm
 from sparsedm.convert import convert, read_header
 from sparsedm.convert.convert import flat_mask
-from sparsedm.formats import gemm_view, is_24_sparse, mask24
+from sparsedm.formats import mask24
 from tests.convert.conftest import make_unet, make_uvit
 from tests.convert.toy_models import unet_sparse_layers, uvit_sparse_layers
 from tests.helpers import assert_close_rel

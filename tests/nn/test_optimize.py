@@ -10,7 +10,7 @@ import torch.nn as nn
 import sparsedm
 from sparsedm.formats import mask24
 from sparsedm.models import build, sparse_layer_names
-from sparsedm.nn import Int8Linear, Sparse24Int8Linear, SparseConv2d, SparseLinear
+from sparsedm.nn import SparseLinear
 from tests.helpers import assert_close_rel
 
 FP32_RTOL = 1e-4
