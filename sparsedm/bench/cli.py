@@ -69,6 +69,93 @@ def _kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    import json
+
+    from sparsedm.bench import model as model_bench
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA GPU is visible; use --device cpu", file=sys.stderr)
+        return 2
+    if args.cuda_graph and device.type != "cuda":
+        print("error: --cuda-graph needs a CUDA device", file=sys.stderr)
+        return 2
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in model_bench.VARIANTS]
+    if unknown:
+        print(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(model_bench.VARIANTS)}", file=sys.stderr)
+        return 2
+    try:
+        overrides = json.loads(args.override) if args.override else None
+        spec = model_bench.spec_from_preset(args.preset, overrides)
+    except (KeyError, ValueError, TypeError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    if device.type == "cpu":
+        print("note: CPU run: these are CPU numbers of the reference paths, not GPU timings", file=sys.stderr)
+    steps = args.steps or min(int(spec.sampler.get("steps", 50)), 50)
+    rows = model_bench.bench_variants(
+        spec, variants=variants, batch=args.batch, steps=steps, device=device, dtype=dtype,
+        cuda_graph=args.cuda_graph, compile=args.compile, backend=args.backend, warmup=args.warmup, reps=args.reps,
+    )
+    print(terminal_table(rows))
+    paths = write_results(rows, header(device), args.out, f"model-{spec.name}")
+    print("\nwrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _macs(args: argparse.Namespace) -> int:
+    from sparsedm.bench.macs import count_macs
+    from sparsedm.convert import arch as archs
+
+    if bool(args.model) == bool(args.preset):
+        print("error: give either a converted MODEL file or --preset NAME (see `sparsedm macs --help`)", file=sys.stderr)
+        return 2
+    try:
+        if args.model:
+            from sparsedm.convert.fileformat import read_header
+            from sparsedm.convert.info import model_macs
+
+            manifest = read_header(args.model).manifest
+            resolution = args.resolution or manifest["architecture"]["resolution"]
+            report = model_macs(manifest, batch=1, resolution=resolution)
+            source = args.model
+        else:
+            from sparsedm.models import PRESETS, build, sparse_layer_names
+
+            if args.preset not in PRESETS:
+                print(f"error: unknown preset {args.preset!r}; known: {', '.join(PRESETS)}", file=sys.stderr)
+                return 2
+            p = PRESETS[args.preset]
+            resolution = args.resolution or p["resolution"]
+            model = build(p["arch"], p["config"], "meta")
+            inputs, kwargs = archs.example_inputs(model, p["config"], resolution, p["in_channels"], batch=1, device="meta")
+            report = count_macs(model, inputs, sparse_layer_names(p["arch"], model), kwargs=kwargs)
+            source = f"preset {args.preset} (2:4 layers: those SparseDM sparsifies)"
+    except Exception as exc:  # noqa: BLE001  (one readable line; --debug for the traceback)
+        if args.debug:
+            raise
+        print(f"error: cannot count MACs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    doc = {"source": source, "resolution": resolution, **report.as_dict()}
+    if args.json:
+        import json
+
+        print(json.dumps(doc, indent=2))
+        return 0
+    width = max([len(r.name) for r in report.rows] + [5])
+    print(f"MACs per image of {source} at {resolution}px")
+    print(f"  {'layer':<{width}}  {'kind':<9} {'shape':<18} {'dense':>14} {'2:4':>14}")
+    for r in report.rows:
+        print(f"  {r.name:<{width}}  {r.kind:<9} {r.shape:<18} {r.dense_macs:>14,} {r.sparse_macs:>14,}")
+    d, sp = report.dense_macs, report.sparse_macs
+    print(f"total: dense {d / 1e9:.3f} G, with 2:4 {sp / 1e9:.3f} G ({d / max(sp, 1):.2f}x fewer)")
+    print("share of dense MACs: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(report.share_by_kind().items(), key=lambda kv: -kv[1])))
+    return 0
+
+
 def register(subparsers) -> None:
     bench = subparsers.add_parser(
         "bench",
@@ -94,3 +181,41 @@ def register(subparsers) -> None:
     k.add_argument("--out", default="bench/out", help="directory for the results files (default bench/out)")
     k.set_defaults(func=_kernels)
     logging.getLogger("sparsedm.bench").setLevel(logging.INFO)
+
+    mb = sub.add_parser(
+        "model",
+        help="denoiser-step latency and images/s of a model's dense, sparse and int8 variants",
+        description="Benchmark variants of one model (random weights, SparseDM's layers masked 2:4): dense, "
+        "sparse (sparsedm.optimize), int8 (W8A8 linears), sparse+int8. Reports the denoiser-step median "
+        "latency, images/s of a whole sampling run, peak GPU memory and each variant's max difference "
+        "from the dense masked model.",
+    )
+    mb.add_argument("--preset", required=True, help="model preset, e.g. uvit-s2-cifar10 or ddpm-unet-cifar10")
+    mb.add_argument("--override", help='JSON dict of config overrides, e.g. \'{"depth": 2}\' (for quick runs)')
+    mb.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    mb.add_argument("--steps", type=int, help="sampling steps of the whole-run measurement (default: the preset's, at most 50)")
+    mb.add_argument("--variants", default=",".join(("dense", "sparse", "int8", "sparse+int8")),
+                    help="comma-separated: dense, sparse, int8, sparse+int8 (default: all)")
+    mb.add_argument("--dtype", choices=list(DTYPES), help="default fp16 on CUDA, fp32 on CPU")
+    mb.add_argument("--backend", default="auto", help="sparsedm backend for the sparse layers (default auto)")
+    mb.add_argument("--cuda-graph", action="store_true", help="replay the denoiser step from a CUDA graph")
+    mb.add_argument("--compile", action="store_true", help="torch.compile each variant")
+    mb.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    mb.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
+    mb.add_argument("--reps", type=int, default=20, help="timed steps; the median is reported (default 20)")
+    mb.add_argument("--out", default="bench/out", help="directory for the results files (default bench/out)")
+    mb.set_defaults(func=_model)
+
+    m = subparsers.add_parser(
+        "macs",
+        help="multiply-accumulates per layer, dense and with 2:4",
+        description="Count the MACs of one forward pass (one image) per Linear/Conv2d layer, dense and with "
+        "2:4 (a 2:4 layer costs half), plus attention matmuls as separate rows. For a converted file the "
+        "2:4 layers are the file's; for a preset, the layers SparseDM sparsifies.",
+    )
+    m.add_argument("model", nargs="?", help="a converted .safetensors file")
+    m.add_argument("--preset", help="a model preset instead of a file, e.g. uvit-s2-cifar10")
+    m.add_argument("--resolution", type=int, help="image/latent size (default: the model's)")
+    m.add_argument("--json", action="store_true", help="print JSON (keys include dense_macs and sparse_macs)")
+    m.add_argument("--debug", action="store_true", help="show the traceback on errors")
+    m.set_defaults(func=_macs)

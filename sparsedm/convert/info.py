@@ -5,32 +5,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-from torch import nn
-
+from sparsedm.bench.macs import MacReport, count_macs
 from sparsedm.convert import arch as archs
 from sparsedm.convert.fileformat import read_header
 
 
-def count_macs(model: nn.Module, config: dict, resolution: int, in_channels: int) -> dict[str, int]:
-    """Multiply-accumulates of every Linear/Conv2d for one image, from a forward pass on the meta device."""
-    macs: dict[str, int] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: macs.__setitem__(
-                name, macs.get(name, 0) + o.numel() * mod.in_features)))
-        elif isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: macs.__setitem__(
-                name, macs.get(name, 0) + o.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size))))
-    try:
-        args, kwargs = archs.example_inputs(model, config, resolution, in_channels, batch=1, device="meta")
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return macs
+def sparse_layers_of(manifest: dict) -> list[str]:
+    """The layers a converted file stores as 2:4 (they cost half the MACs)."""
+    return [n for n, info in manifest["layers"].items() if info["kind"].startswith("sparse24")]
+
+
+def model_macs(manifest: dict, batch: int = 1, resolution: int | None = None) -> MacReport:
+    """MACs of the file's model for ``batch`` images (a forward pass on the meta device)."""
+    a = manifest["architecture"]
+    resolution = resolution or a["resolution"]
+    model = archs.build_model(archs.get_architecture(a["arch"]), a["config"], "meta")
+    args, kwargs = archs.example_inputs(model, a["config"], resolution, a["in_channels"], batch=batch, device="meta")
+    return count_macs(model, args, sparse_layers_of(manifest), kwargs=kwargs)
 
 
 def file_report(path: str) -> dict[str, Any]:
@@ -56,12 +47,12 @@ def file_report(path: str) -> dict[str, Any]:
     }
     if a.get("resolution") and a.get("in_channels"):
         try:
-            model = archs.build_model(archs.get_architecture(a["arch"]), a["config"], "meta")
-            per_layer = count_macs(model, a["config"], a["resolution"], a["in_channels"])
-            total = sum(per_layer.values())
-            sparse = sum(v for n, v in per_layer.items() if layers.get(n, {}).get("kind", "dense").startswith("sparse24"))
-            report["macs"] = {"resolution": a["resolution"], "dense": total, "sparse24": total - sparse // 2,
-                              "sparse_fraction": sparse / total if total else 0.0, "per_layer": per_layer}
+            mr = model_macs(manifest)
+            per_layer = {r.name: r.dense_macs for r in mr.rows if r.kind != "attention"}
+            sparse = sum(r.dense_macs for r in mr.rows if r.dense_macs != r.sparse_macs)
+            report["macs"] = {"resolution": a["resolution"], "dense": mr.dense_macs, "sparse24": mr.sparse_macs,
+                              "sparse_fraction": sparse / mr.dense_macs if mr.dense_macs else 0.0,
+                              "attention": mr.dense_macs - sum(per_layer.values()), "per_layer": per_layer}
         except Exception as e:  # MACs are informative; a model whose forward fails on meta still gets a report
             report["macs_error"] = f"{e.__class__.__name__}: {e}"
     else:
@@ -90,7 +81,8 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("macs"):
         mc = r["macs"]
         lines.append(f"MACs at {mc['resolution']}px: dense {mc['dense'] / 1e9:.3f} G, 2:4 {mc['sparse24'] / 1e9:.3f} G "
-                     f"({100 * mc['sparse_fraction']:.1f}% of MACs in 2:4 layers, {mc['dense'] / max(mc['sparse24'], 1):.2f}x fewer)")
+                     f"({100 * mc['sparse_fraction']:.1f}% of MACs in 2:4 layers, {mc['dense'] / max(mc['sparse24'], 1):.2f}x fewer; "
+                     f"attention matmuls {mc['attention'] / 1e9:.3f} G, dense)")
     else:
         lines.append(f"MACs: unavailable ({r.get('macs_error')})")
     lines.append(f"size: {r['file_bytes'] / 1e6:.2f} MB vs dense fp16 {r['dense_fp16_bytes'] / 1e6:.2f} MB "

@@ -53,3 +53,32 @@ def test_load_results_rejects_foreign_json(tmp_path):
     p.write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not a sparsedm results file"):
         load_results(str(p))
+
+
+def test_bench_model_cpu_tiny_uvit(tmp_path, capsys):
+    rc = main(["bench", "model", "--preset", "uvit-s2-cifar10", "--override", '{"depth": 2, "embed_dim": 64, "num_heads": 2}',
+               "--device", "cpu", "--batch", "2", "--steps", "2", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("*-model-uvit-s2-cifar10.json")
+    rows = load_results(str(path))["rows"]
+    by_variant = {r["variant"]: r for r in rows}
+    assert list(by_variant) == ["dense", "sparse", "int8", "sparse+int8"]
+    assert by_variant["dense"]["speedup_vs_dense"] == 1.0 and by_variant["dense"]["max_abs_diff"] == 0.0
+    # The sparse variant computes the dense masked model's function (fp32, reference path).
+    assert by_variant["sparse"]["max_abs_diff"] < 1e-4
+    # int8 variants stay close to it (W8A8 quantization error only).
+    for v in ("int8", "sparse+int8"):
+        assert 0 < by_variant[v]["max_abs_diff"] < 0.1
+    assert by_variant["dense"]["converted_layers"] == 0
+    for v in ("sparse", "int8", "sparse+int8"):
+        assert by_variant[v]["converted_layers"] >= 12  # the 4 block linears of 3 blocks at least
+    for r in rows:
+        assert r["kind"] == "model" and r["step_ms"] > 0 and r["images_per_s"] > 0 and r["steps"] == 2
+
+
+def test_bench_model_errors(capsys):
+    assert main(["bench", "model", "--preset", "nope", "--device", "cpu"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--variants", "fast", "--device", "cpu"]) == 2
+    assert "unknown variant(s) fast" in capsys.readouterr().err
+    assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--cuda-graph", "--device", "cpu"]) == 2

@@ -60,3 +60,46 @@ def test_attention_matmuls_are_separate_dense_rows():
 def test_unknown_sparse_layer_is_an_error():
     with pytest.raises(ValueError, match="did not run as Linear/Conv2d: nope"):
         count_macs(nn.Linear(4, 4).to("meta"), (torch.empty(1, 4, device="meta"),), sparse_layers=["nope"])
+
+
+def test_uvit_s2_cifar10_total_by_hand(capsys):
+    """U-ViT-S/2 CIFAR10: D 512, 257 tokens (256 patches + time), 13 blocks, mlp_ratio 4."""
+    from sparsedm.cli import main
+
+    import json
+
+    d, tokens, blocks = 512, 257, 13
+    block_linears = tokens * d * (3 * d + d + 4 * d + 4 * d)  # qkv, proj, fc1, fc2
+    attention = 2 * tokens * tokens * d  # q k^T and attn v over all heads
+    skip = 6 * tokens * 2 * d * d  # skip_linear of the 6 out blocks
+    patch_embed = 256 * d * 3 * 2 * 2
+    decoder_pred = tokens * d * (2 * 2 * 3)  # applied before the extra token is dropped
+    final_conv = 32 * 32 * 3 * 3 * 3 * 3
+    dense = blocks * (block_linears + attention) + skip + patch_embed + decoder_pred + final_conv
+    assert main(["macs", "--preset", "uvit-s2-cifar10", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dense_macs"] == dense  # about 12.2 G, the figure of DESIGN.md
+    assert doc["sparse_macs"] == dense - blocks * block_linears // 2
+
+
+def test_one_uvit_block_by_hand():
+    from sparsedm.models import PRESETS, build
+
+    cfg = dict(PRESETS["uvit-s2-cifar10"]["config"], embed_dim=64, depth=2, num_heads=4)
+    block = build("uvit", cfg, "meta").mid_block
+    b, l, d = 3, 17, 64
+    report = count_macs(block, (torch.empty(b, l, d, device="meta"),), sparse_layers=["attn.qkv", "mlp.fc1"])
+    rows = {r.name: r for r in report.rows}
+    assert rows["attn.qkv"].dense_macs == b * l * d * 3 * d
+    assert rows["attn.qkv"].sparse_macs == b * l * d * 3 * d // 2
+    assert rows["mlp.fc2"].sparse_macs == rows["mlp.fc2"].dense_macs == b * l * 4 * d * d
+    assert rows["attn"].kind == "attention" and rows["attn"].dense_macs == 2 * b * l * l * d
+
+
+def test_macs_cli_errors(capsys):
+    from sparsedm.cli import main
+
+    assert main(["macs"]) == 2
+    assert "either a converted MODEL file or --preset" in capsys.readouterr().err
+    assert main(["macs", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
