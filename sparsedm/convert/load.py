@@ -61,14 +61,23 @@ class LoadedModel:
     """What :func:`load` returns.
 
     ``sampler`` is the manifest's sampler settings as a plain dict (steps, schedule,
-    prediction, time input, clipping); the samplers that consume it arrive with the sampling
-    issue, which will turn it into a configured sampler object.
+    prediction, time input, clipping; schema in docs/SAMPLING.md); :meth:`make_sampler` turns
+    it into a configured :class:`sparsedm.sampling.Sampler`.
     """
 
     model: nn.Module
     sampler: Optional[dict]
     manifest: dict
     path: str
+
+    def make_sampler(self, **overrides):
+        """The sampler the file records (``overrides``, e.g. ``steps=``, win)."""
+        from sparsedm.sampling import from_config
+
+        if self.sampler is None:
+            raise FileFormatError(f"{self.path}: the file records no sampler settings",
+                                  "pass a sampler config to sparsedm.sampling.from_config yourself")
+        return from_config(self.sampler, **overrides)
 
 
 # file tensor suffix -> sparsedm.nn buffer name, per layer kind
@@ -141,7 +150,9 @@ def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dt
     state = {renames.get(k, k): v for k, v in state.items()}
     state.update(extra_state)
     if dtype is not None:
-        state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(".weight_scale") else v) for k, v in state.items()}
+        # int8 scales stay float32 (the int8 contract); everything else floating takes dtype.
+        scales = (".weight_scale", ".w_scale", ".x_scale")
+        state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(scales) else v) for k, v in state.items()}
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise FileFormatError(f"{path}: the tensors disagree with the manifest's architecture (missing "

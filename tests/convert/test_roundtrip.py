@@ -204,6 +204,10 @@ def test_int8_within_bound(tmp_path):
     assert all(kinds(out)[n] == "sparse24_int8" for n in layers)
     expected = reference_output(model, masked_state(model, layers), uvit_inputs())
     assert_close_rel(run(sparsedm.load(str(out)).model, uvit_inputs()), expected, 5e-2, "int8")
+    # Loading in another float dtype keeps the int8 scales float32 (the int8 contract).
+    qkv = sparsedm.load(str(out), dtype=torch.bfloat16).model.in_blocks[0].attn.qkv
+    assert qkv.w_scale.dtype == torch.float32 and qkv.values_q.dtype == torch.int8
+    assert qkv.bias.dtype == torch.bfloat16
 
 
 def test_bf16_file_and_load_dtype(tmp_path):
