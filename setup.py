@@ -122,6 +122,8 @@ if __name__ == "__main__":  # setuptools runs this file as __main__; tests impor
     setup(
         packages=find_packages(include=["sparsedm", "sparsedm.*"]) + ["sparsedm.kernels"],
         package_dir={"sparsedm.kernels": "kernels/triton"},
+        # The demo model trained by examples/train_demo.py (sparsedm demo).
+        package_data={"sparsedm": ["data/demo/*"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

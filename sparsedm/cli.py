@@ -1,7 +1,7 @@
 """The ``sparsedm`` command.
 
 Subcommands: ``info`` (versions, devices, backends; or a converted file), ``convert``,
-``sample`` and ``bench``. Each subpackage registers its own subcommand.
+``sample``, ``bench``, ``macs`` and ``demo``. Each subpackage registers its own subcommand.
 """
 
 from __future__ import annotations
@@ -119,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     from sparsedm.bench.cli import register as register_bench
     from sparsedm.convert.cli import register as register_convert
+    from sparsedm.demo import register as register_demo
     from sparsedm.sampling.cli import register as register_sample
 
     register_convert(sub)
     register_sample(sub)
     register_bench(sub)
+    register_demo(sub)
     return parser
 
 
