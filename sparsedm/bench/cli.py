@@ -86,10 +86,17 @@ def _model(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(model_bench.VARIANTS)}", file=sys.stderr)
         return 2
+    if bool(args.model) == bool(args.preset):
+        print("error: give either a converted MODEL file or --preset NAME (see `sparsedm bench model --help`)", file=sys.stderr)
+        return 2
+    base = None
     try:
-        overrides = json.loads(args.override) if args.override else None
-        spec = model_bench.spec_from_preset(args.preset, overrides)
-    except (KeyError, ValueError, TypeError) as exc:
+        if args.model:
+            spec, base = model_bench.from_file(args.model)
+        else:
+            overrides = json.loads(args.override) if args.override else None
+            spec = model_bench.spec_from_preset(args.preset, overrides)
+    except (KeyError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
@@ -99,6 +106,7 @@ def _model(args: argparse.Namespace) -> int:
     rows = model_bench.bench_variants(
         spec, variants=variants, batch=args.batch, steps=steps, device=device, dtype=dtype,
         cuda_graph=args.cuda_graph, compile=args.compile, backend=args.backend, warmup=args.warmup, reps=args.reps,
+        base=base,
     )
     print(terminal_table(rows))
     paths = write_results(rows, header(device), args.out, f"model-{spec.name}")
@@ -185,12 +193,14 @@ def register(subparsers) -> None:
     mb = sub.add_parser(
         "model",
         help="denoiser-step latency and images/s of a model's dense, sparse and int8 variants",
-        description="Benchmark variants of one model (random weights, SparseDM's layers masked 2:4): dense, "
-        "sparse (sparsedm.optimize), int8 (W8A8 linears), sparse+int8. Reports the denoiser-step median "
-        "latency, images/s of a whole sampling run, peak GPU memory and each variant's max difference "
-        "from the dense masked model.",
+        description="Benchmark variants of one model: dense, sparse (sparsedm.optimize), int8 (W8A8 "
+        "linears), sparse+int8. The model is a converted file (its weights, 2:4 layers decompressed for the "
+        "dense variant) or a preset (random weights, SparseDM's layers masked 2:4). Reports the "
+        "denoiser-step median latency, images/s of a whole sampling run, peak GPU memory and each "
+        "variant's max difference from the dense masked model.",
     )
-    mb.add_argument("--preset", required=True, help="model preset, e.g. uvit-s2-cifar10 or ddpm-unet-cifar10")
+    mb.add_argument("model", nargs="?", help="a converted .safetensors file (or use --preset)")
+    mb.add_argument("--preset", help="model preset, e.g. uvit-s2-cifar10 or ddpm-unet-cifar10")
     mb.add_argument("--override", help='JSON dict of config overrides, e.g. \'{"depth": 2}\' (for quick runs)')
     mb.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
     mb.add_argument("--steps", type=int, help="sampling steps of the whole-run measurement (default: the preset's, at most 50)")

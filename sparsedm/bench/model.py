@@ -126,13 +126,17 @@ def bench_variants(
     warmup: int = 3,
     reps: int = 20,
     timer=None,
+    base: Optional[nn.Module] = None,
 ) -> list[dict]:
-    """One row per variant (DESIGN.md model-row schema); dense first, as the baseline."""
+    """One row per variant (DESIGN.md model-row schema); dense first, as the baseline.
+
+    ``base``: the dense masked model to start from (default: the spec's model with random
+    weights, its 2:4 layers masked)."""
     from sparsedm.sampling import from_config
     from sparsedm.sampling.run import generate
 
     device = torch.device(device)
-    base = masked_dense_model(spec, device, dtype)
+    base = masked_dense_model(spec, device, dtype) if base is None else base.to(device=device, dtype=dtype).eval()
     args, kwargs = example_batch(spec, base, batch, device, dtype)
     with torch.no_grad():
         reference = base(*args, **kwargs).float()
@@ -184,6 +188,22 @@ def bench_variants(
             "converted_layers": converted_layers(model),
         })
     return rows
+
+
+def from_file(path: str) -> tuple[ModelSpec, nn.Module]:
+    """The spec and the dense model (the file's weights, 2:4 layers decompressed) of a
+    converted file."""
+    import os
+
+    import sparsedm
+    from sparsedm.demo import densify
+
+    loaded = sparsedm.load(path)
+    a = loaded.manifest["architecture"]
+    sparse = [n for n, info in loaded.manifest["layers"].items() if info["kind"] != "dense"]
+    spec = ModelSpec(os.path.splitext(os.path.basename(path))[0], a["arch"], a["config"], a["resolution"],
+                     a["in_channels"], dict(loaded.sampler or {"kind": "ddim", "steps": 50}), sparse)
+    return spec, densify(loaded.model)
 
 
 def spec_from_preset(name: str, overrides: Optional[dict] = None) -> ModelSpec:

@@ -76,7 +76,21 @@ def test_bench_model_cpu_tiny_uvit(tmp_path, capsys):
         assert r["kind"] == "model" and r["step_ms"] > 0 and r["images_per_s"] > 0 and r["steps"] == 2
 
 
+def test_bench_model_on_a_converted_file(tmp_path):
+    from sparsedm.demo import demo_dir
+
+    rc = main(["bench", "model", f"{demo_dir()}/demo.safetensors", "--device", "cpu", "--batch", "2", "--reps", "2",
+               "--warmup", "1", "--variants", "dense,sparse", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("*-model-demo.json")
+    rows = {r["variant"]: r for r in load_results(str(path))["rows"]}
+    assert rows["sparse"]["max_abs_diff"] < 1e-4 and rows["sparse"]["converted_layers"] > 0
+    assert rows["dense"]["steps"] == 4  # the file's sampler
+
+
 def test_bench_model_errors(capsys):
+    assert main(["bench", "model", "--device", "cpu"]) == 2
+    assert "either a converted MODEL file or --preset" in capsys.readouterr().err
     assert main(["bench", "model", "--preset", "nope", "--device", "cpu"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--variants", "fast", "--device", "cpu"]) == 2
