@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 import tempfile
+import subprocess
+import sys
 import threading
 import time
 
@@ -35,7 +37,33 @@ def rss_anon() -> int:
     return 0
 
 
+def child(src: str, cfg: str, out: str, dtype: str, quant: str) -> None:
+    """Run one conversion, sampling this process's anonymous RSS; print a JSON line."""
+    from sparsedm.convert import convert
+
+    base = rss_anon()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_anon())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    summary = convert(src, out, source_format="sparsedm", config_path=cfg, dtype=dtype or None, quant=quant or None)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    print(json.dumps({"seconds": round(seconds, 2), "extra": peak[0] - base,
+                      "source_bytes": summary.source_bytes, "file_bytes": summary.file_bytes}))
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(*sys.argv[2:7])
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=sorted(SIZES), default="h2")
     ap.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"])
@@ -44,7 +72,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import sparsedm.models as models
-    from sparsedm.convert import convert
 
     config = SIZES[args.size]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -62,27 +89,19 @@ def main() -> None:
             json.dump({"arch": "uvit", "config": config, "resolution": config["img_size"], "in_channels": config["in_chans"]}, f)
         out = os.path.join(tmp, "out.safetensors")
 
-        base = rss_anon()
-        peak = [base]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_anon())
-                time.sleep(0.005)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.perf_counter()
-        summary = convert(src, out, source_format="sparsedm", config_path=cfg, dtype=args.dtype, quant=args.quant)
-        seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        extra = peak[0] - base
+        # Convert in a fresh process: in this one, the heap pages freed by building the source
+        # would be reused and hide the converter's own peak.
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", src, cfg, out, args.dtype or "", args.quant or ""]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the conversion failed:\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        seconds, extra = result["seconds"], result["extra"]
+        summary = result
         row = {"bench": "convert", "size": args.size, "params": params, "threads": torch.get_num_threads(),
                "seconds": round(seconds, 2), "peak_extra_rss_anon_mb": round(extra / 1e6, 1),
                "largest_tensor_mb": round(largest / 1e6, 1), "extra_over_largest": round(extra / largest, 2),
-               "source_mb": round(summary.source_bytes / 1e6, 1), "output_mb": round(summary.file_bytes / 1e6, 1),
+               "source_mb": round(summary["source_bytes"] / 1e6, 1), "output_mb": round(summary["file_bytes"] / 1e6, 1),
                "dtype": args.dtype, "quant": args.quant}
         print(json.dumps(row))
         print(f"{params / 1e6:.0f}M params: {seconds:.1f} s, peak extra RAM {extra / 1e6:.0f} MB = "

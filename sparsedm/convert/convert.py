@@ -27,8 +27,11 @@ from sparsedm.convert.readers import Source, read
 from sparsedm.formats import Sparse24FormatError, compress24, decompress24, gemm_view, mask24, quantize_weight_int8, unview_gemm
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# Elements per streamed row block: bounds the temporaries of masking/compression (~100 MB).
-BLOCK_ELEMENTS = 1 << 22
+# Elements per streamed row block. Masking and compression make about 6 bytes of temporaries
+# per fp32 input byte, so 1M-element blocks keep them near 25 MB, about 1x the largest U-ViT-H/2
+# tensor (bench/bench_convert.py: H/2 peak extra RAM and time); smaller blocks cost Python
+# overhead without lowering the peak much further.
+BLOCK_ELEMENTS = 1 << 20
 
 
 # ------------------------------------------------------------------------- 2:4 kernels
