@@ -20,10 +20,10 @@ def main() -> None:
     w_q, s = quantize_weight_int8(w.float())
     vq, mq = compress24(w_q.float())
     vq = vq.to(torch.int8)
-    cw = torch.randn(24, 16, 3, 3, device=dev, dtype=torch.float16)
+    cw = torch.randn(32, 24, 3, 3, device=dev, dtype=torch.float16)  # Cout 32: whole mma tiles; K = 216 pads to 256
     cw = cw * mask24(cw)
     cv, cm = compress24(cw)
-    cx = torch.randn(1, 16, 7, 9, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    cx = torch.randn(1, 24, 7, 9, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     calls = {
         "sparse24_linear": (x, values, meta, None, "gelu"),
         "int8_linear": (x, w_q, s, None, None),

@@ -97,6 +97,46 @@ at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return y;
 }
 
+// y [N, Cout, P, Q] channels_last = act(conv2d(x, W) + bias) (+ residual). x [N, C, H, W]
+// channels_last (NHWC memory); w/meta: re-layout of the KRSC weight zero-padded to
+// sparsedm_cuda_conv_k_padded(kh*kw*C); residual channels_last like the output.
+at::Tensor sparse24_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& meta,
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, int64_t Cout,
+                           int64_t kh, int64_t kw, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t activation) {
+  const char* op = "sparsedm::_cuda_sparse24_conv2d";
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4, op, ": x must be a 4-D CUDA tensor [N, C, H, W]");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), op,
+              ": x must be channels_last (NHWC memory); the backend converts NCHW input");
+  require_cuda_contiguous(w, op, "w");
+  require_cuda_contiguous(meta, op, "meta");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2 elements");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t P = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
+  const int64_t Q = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(P > 0 && Q > 0, op, ": the input is too small for the kernel");
+  at::Tensor y = at::empty({N, Cout, P, Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const void* res = nullptr;
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->is_cuda() && residual->sizes() == y.sizes() && residual->scalar_type() == x.scalar_type() &&
+                    residual->is_contiguous(at::MemoryFormat::ChannelsLast),
+                op, ": residual must be a channels_last tensor of the output's shape and dtype");
+    res = residual->data_ptr();
+  }
+  check_status(sparsedm_cuda_sparse24_conv2d(
+                   x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
+                   reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"), res, y.data_ptr(),
+                   static_cast<int>(N), static_cast<int>(H), static_cast<int>(W), static_cast<int>(C),
+                   static_cast<int>(Cout), static_cast<int>(kh), static_cast<int>(kw), static_cast<int>(stride[0]),
+                   static_cast<int>(stride[1]), static_cast<int>(padding[0]), static_cast<int>(padding[1]),
+                   static_cast<int>(dilation[0]), static_cast<int>(dilation[1]), dtype_code(x.scalar_type(), op),
+                   static_cast<int>(activation), stream_of(x)),
+               op);
+  return y;
+}
+
 // (q int8 [.., K], scale float32 [M]) of x; static_scale float32 (1 or M elements) optional.
 std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std::optional<at::Tensor>& static_scale) {
   const char* op = "sparsedm::_cuda_quantize_rows";
@@ -153,6 +193,9 @@ TORCH_LIBRARY_FRAGMENT(sparsedm, m) {
   m.def("_cuda_sparse24_gemm(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int N, int activation) -> Tensor");
   m.def("_cuda_quantize_rows(Tensor x, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def(
+      "_cuda_sparse24_conv2d(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int Cout, int kh, int kw, "
+      "int[] stride, int[] padding, int[] dilation, int activation) -> Tensor");
+  m.def(
       "_cuda_int8_gemm(Tensor q, Tensor x_scale, Tensor w, Tensor? meta, Tensor w_scale, Tensor? bias, Tensor? residual, "
       "int family, int N, ScalarType out_dtype, int activation) -> Tensor");
 }
@@ -161,6 +204,7 @@ TORCH_LIBRARY_IMPL(sparsedm, CUDA, m) {
   m.impl("_cuda_relayout24", &relayout);
   m.impl("_cuda_sparse24_gemm", &sparse24_gemm);
   m.impl("_cuda_quantize_rows", &quantize_rows);
+  m.impl("_cuda_sparse24_conv2d", &sparse24_conv2d);
   m.impl("_cuda_int8_gemm", &int8_gemm);
 }
 

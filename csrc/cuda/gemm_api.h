@@ -19,6 +19,7 @@ enum sparsedm_cuda_status {
   SPARSEDM_ERR_ARCH = 5,          // the device is older than sm_80 (no mma.sp / cp.async)
   SPARSEDM_ERR_CUDA = 6,          // a CUDA runtime call failed (launch, attribute)
   SPARSEDM_ERR_ALIGN = 7,         // a pointer is not 16-byte aligned
+  SPARSEDM_ERR_C_ALIGN = 8,       // conv: input channels C is not a multiple of 8
 };
 
 // dtype codes of activations / outputs.
@@ -59,6 +60,21 @@ int sparsedm_cuda_sparse24_gemm(const void* x, const uint32_t* w, const uint32_t
 int sparsedm_cuda_int8_gemm(int family, const int8_t* q, const float* x_scale, const uint32_t* w,
                             const uint32_t* meta, const float* w_scale, const float* bias, const void* residual,
                             void* y, int M, int N, int K, int out_dtype, int activation, void* stream);
+
+// Implicit-GEMM 2:4 conv2d (kernels/cuda/conv_mma.cuh), groups = 1:
+// y NHWC [N, P, Q, Cout] = act(conv2d(x NHWC [N, H, W, C], W) + bias) (+ residual), where W
+// [Cout, C, kh, kw] is compressed from its KRSC view ([Cout, K], K = kh*kw*C, cin innermost),
+// zero-padded along K to sparsedm_cuda_conv_k_padded(K) (values 0, meta nibbles 0x4) and
+// re-laid out by sparsedm_cuda_relayout(SPARSEDM_SP16, ..., Cout, K padded). P, Q follow
+// F.conv2d. dtype: SPARSEDM_F16 or SPARSEDM_BF16 (x, y, residual); bias float32 [Cout] or
+// null; residual NHWC [N, P, Q, Cout] or null (added after the activation). C % 8 == 0,
+// Cout % 16 == 0; x, y, residual contiguous NHWC and 16-byte aligned.
+int sparsedm_cuda_sparse24_conv2d(const void* x, const uint32_t* w, const uint32_t* meta, const float* bias,
+                                  const void* residual, void* y, int N, int H, int W, int C, int Cout, int kh, int kw,
+                                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int dtype,
+                                  int activation, void* stream);
+// The GEMM K of a conv weight with K = kh*kw*C: K rounded up to the SP16 K stage (64).
+int sparsedm_cuda_conv_k_padded(int K);
 
 #ifdef __cplusplus
 }

@@ -42,23 +42,36 @@ inline int sm_count(void) {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <class Traits, class Cfg, class OutT>
-int launch_with(const gemm::GemmParams& p, cudaStream_t stream) {
-  constexpr int smem = gemm::StageBytes<Traits, Cfg>::kTotal;
-  auto kernel = gemm::gemm_kernel<Traits, Cfg, OutT>;
+// Launches `kernel` (a gemm_block kernel of tile config Cfg: grid = N / BN x M / BT blocks)
+// with its dynamic shared memory on the caller's stream; CUDA failures become error codes.
+template <class Cfg, class Kernel, class... Args>
+int launch_tiles(Kernel kernel, int smem, int M, int N, cudaStream_t stream, const Args&... args) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) {
     remember_cuda_error(err);
     return SPARSEDM_ERR_CUDA;
   }
-  const dim3 grid((p.N + Cfg::kBN - 1) / Cfg::kBN, (p.M + Cfg::kBT - 1) / Cfg::kBT);
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+  const dim3 grid((N + Cfg::kBN - 1) / Cfg::kBN, (M + Cfg::kBT - 1) / Cfg::kBT);
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(args...);
   err = cudaGetLastError();
   if (err != cudaSuccess) {
     remember_cuda_error(err);
     return SPARSEDM_ERR_CUDA;
   }
   return SPARSEDM_OK;
+}
+
+template <class Traits, class Cfg, class OutT>
+int launch_with(const gemm::GemmParams& p, cudaStream_t stream) {
+  return launch_tiles<Cfg>(gemm::gemm_kernel<Traits, Cfg, OutT>, gemm::StageBytes<Traits, Cfg>::kTotal, p.M, p.N, stream, p);
+}
+
+// The large tile when the problem has more than one small tile of tokens and fills the SMs
+// with large tiles; the small one otherwise.
+template <class LargeCfg>
+bool use_large_tile(int M, int N) {
+  const long large_blocks = static_cast<long>((N + LargeCfg::kBN - 1) / LargeCfg::kBN) * ((M + LargeCfg::kBT - 1) / LargeCfg::kBT);
+  return M > Small::kBT && large_blocks >= sm_count();
 }
 
 // Checks what the kernel assumes, picks the tile config and launches.
@@ -73,8 +86,7 @@ int launch_gemm(const gemm::GemmParams& p, cudaStream_t stream) {
   if (!aligned16(p.x) || !aligned16(p.w) || (p.meta && !aligned16(p.meta))) return SPARSEDM_ERR_ALIGN;
   const int dev = device_check();
   if (dev != SPARSEDM_OK) return dev;
-  const long large_blocks = static_cast<long>((p.N + LargeCfg::kBN - 1) / LargeCfg::kBN) * ((p.M + LargeCfg::kBT - 1) / LargeCfg::kBT);
-  if (p.M > Small::kBT && large_blocks >= sm_count()) return launch_with<Traits, LargeCfg, OutT>(p, stream);
+  if (use_large_tile<LargeCfg>(p.M, p.N)) return launch_with<Traits, LargeCfg, OutT>(p, stream);
   return launch_with<Traits, Small, OutT>(p, stream);
 }
 

@@ -26,6 +26,7 @@ extern "C" const char* sparsedm_cuda_error_string(int status) {
     case SPARSEDM_ERR_ARCH: return "the GPU is older than compute capability 8.0 (mma.sp needs sm_80+)";
     case SPARSEDM_ERR_CUDA: return "a CUDA runtime call failed";
     case SPARSEDM_ERR_ALIGN: return "a tensor is not 16-byte aligned";
+    case SPARSEDM_ERR_C_ALIGN: return "conv input channels must be a multiple of 8 (the layer stays on another backend)";
     default: return "unknown error";
   }
 }

@@ -209,14 +209,37 @@ struct StageBytes {
   static constexpr int kTotal = kStage * Cfg::kStages;
 };
 
-// The GEMM kernel. Grid: (ceil(N / BN), ceil(M / BT)); block: Cfg::kThreads; dynamic shared
-// memory: StageBytes<Traits, Cfg>::kTotal bytes. OutT: __half, __nv_bfloat16 or float.
-template <class Traits, class Cfg, class OutT>
-__global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel(const GemmParams p) {
+// Activation tile of the plain GEMM: stage kb of BT token rows of X [M, K] row-major.
+// The conv kernel (conv_mma.cuh) swaps this for a gather from an NHWC image; everything else
+// of the block (weight/metadata pipeline, mma loop, epilogue) is gemm_block below.
+template <class Traits, class Cfg>
+struct RowMajorXTile {
+  const unsigned char* x;  // X as bytes
+  long row_bytes;          // bytes per token row (K * element size)
+  int M, t0;               // tokens, first token of this block
+  __device__ __forceinline__ RowMajorXTile(const GemmParams& p, int first_token)
+      : x(static_cast<const unsigned char*>(p.x)), row_bytes(static_cast<long>(Traits::kXBytes) * p.K), M(p.M), t0(first_token) {}
+  // Issues the cp.async of stage kb into the X area `xs` of a pipeline slot.
+  __device__ __forceinline__ void load(unsigned char* xs, int kb) const {
+#pragma unroll
+    for (int i = threadIdx.x; i < Cfg::kBT * 8; i += Cfg::kThreads) {
+      const int row = layout::x_tile_row(i), chunk = layout::x_tile_chunk(i);
+      const int token = t0 + row;
+      const bool ok = token < M;
+      const unsigned char* src = x + (ok ? token : 0) * row_bytes + kb * 128 + chunk * 16;
+      cp_async16(xs + layout::smem_x_byte_offset(row, chunk), src, ok);
+    }
+  }
+};
+
+// The body of one thread block: Y tile [t0 .. t0 + BT) x [mt0*16 .. + BN) of Y [M, N] row-major,
+// X tile from `xtile` (RowMajorXTile or the conv gather), everything else from p. Shared by
+// gemm_kernel and conv_kernel (conv_mma.cuh). smem: StageBytes<Traits, Cfg>::kTotal bytes.
+template <class Traits, class Cfg, class OutT, class XTile>
+__device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtile, unsigned char* smem) {
   using S = typename Traits::Shape;
   using Acc = typename Traits::Acc;
   using SB = StageBytes<Traits, Cfg>;
-  extern __shared__ __align__(16) unsigned char smem[];
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -228,22 +251,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel(const GemmParams p)
   const int tiles_valid = min(Cfg::kTiles, n_tiles - mt0);
   const int t0 = blockIdx.y * Cfg::kBT;  // first token of this block
   const int num_kb = p.K / S::kKPerStage;
-  const long x_row_bytes = static_cast<long>(Traits::kXBytes) * p.K;
-  const unsigned char* x_bytes = static_cast<const unsigned char*>(p.x);
 
   // Issues the cp.async of stage kb into pipeline slot `slot` (one commit group per stage).
   auto load_stage = [&](int slot, int kb) {
     unsigned char* xs = smem + slot * SB::kStage;
     unsigned char* as = xs + SB::kX;
     unsigned char* ms = as + SB::kA;
-#pragma unroll
-    for (int i = threadIdx.x; i < Cfg::kBT * 8; i += Cfg::kThreads) {
-      const int row = i >> 3, chunk = i & 7;
-      const int token = t0 + row;
-      const bool ok = token < p.M;
-      const unsigned char* src = x_bytes + (ok ? token : 0) * x_row_bytes + kb * 128 + chunk * 16;
-      cp_async16(xs + layout::smem_x_byte_offset(row, chunk), src, ok);
-    }
+    xtile.load(xs, kb);
     const uint32_t* wsrc = p.w + layout::a_word_index<S>(kb, mt0, n_tiles, 0, 0, 0);
     constexpr int kAChunksPerTile = S::kATileWords / 4;
 #pragma unroll
@@ -355,6 +369,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel(const GemmParams p)
       }
     }
   }
+}
+
+
+// The GEMM kernel. Grid: (ceil(N / BN), ceil(M / BT)); block: Cfg::kThreads; dynamic shared
+// memory: StageBytes<Traits, Cfg>::kTotal bytes. OutT: __half, __nv_bfloat16 or float.
+template <class Traits, class Cfg, class OutT>
+__global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel(const GemmParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  gemm_block<Traits, Cfg, OutT>(p, RowMajorXTile<Traits, Cfg>(p, blockIdx.y * Cfg::kBT), smem);
 }
 
 }  // namespace gemm

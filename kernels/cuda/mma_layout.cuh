@@ -19,6 +19,14 @@
 
 #include "sparse24_meta.cuh"  // SPARSEDM_HD
 
+// Full unroll of short constant-trip loops in device code (keeps per-thread arrays in
+// registers); nothing on the host, where g++ -Wall would warn about the unknown pragma.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define SPARSEDM_UNROLL _Pragma("unroll")
+#else
+#define SPARSEDM_UNROLL
+#endif
+
 namespace sparsedm {
 namespace layout {
 
@@ -71,6 +79,11 @@ SPARSEDM_HD int d8_b_k(int lane, int r) { return 4 * lane_in_group(lane) + 16 * 
 // ldmatrix phase then hit 8 different 16-byte bank groups (no conflicts), and a cp.async of
 // one 16-byte chunk stays contiguous.
 SPARSEDM_HD int smem_x_byte_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+// cp.async work split of one X stage: work item i (items tid, tid + threads, ...) of a block
+// copies 16-byte chunk (i & 7) of token row (i >> 3). With a thread count that is a multiple of
+// 8, a thread keeps one chunk index for the whole kernel (the conv gather relies on it).
+SPARSEDM_HD int x_tile_row(int i) { return i >> 3; }
+SPARSEDM_HD int x_tile_chunk(int i) { return i & 7; }
 // ldmatrix.x4: lane supplies the address of row (lane & 7) of matrix (lane >> 3). Our matrices
 // are 8 tokens x 16 bytes: matrix j = k chunk (chunk0 + j) of tokens token0 .. token0 + 7.
 SPARSEDM_HD int ldsm_x4_token(int lane) { return lane & 7; }
@@ -153,6 +166,86 @@ SPARSEDM_HD void sp8_meta_source(int kb, int mt, int e, int s, int half, int* ro
   *row = mt * 16 + sp8_meta_row(e, half);
   *first_group = kb * 32 + s * 16 + sp8_meta_first_group(e);
 }
+
+// ---- implicit-GEMM conv gather (docs/KERNELS.md, "CUDA implicit-GEMM 2:4 conv") -----------
+// The conv is the SP16 GEMM with token m = output pixel (n, oh, ow) (ow fastest; M = N*P*Q) and
+// logical k = (r * kw + s) * C + c (KRSC, cin innermost; K = kh*kw*C). The X stage holds the
+// same 64 k x BT tokens as the GEMM's, but chunk `chunk` (8 consecutive k) of token row m is
+// gathered from the NHWC input: pixel (n, oh*sh - ph + r*dh, ow*sw - pw + s*dw), channels
+// c .. c+7. C % 8 == 0 keeps the 8 channels of a chunk inside one tap and 16-byte aligned. A
+// chunk outside the image (padding), past K (the weight is zero-padded to a multiple of 64) or
+// of a pixel past M is zero-filled by cp.async (src-size 0), never read.
+struct ConvGeom {
+  int H, W, C;           // input [N, H, W, C] (NHWC), element offsets fit int64
+  int P, Q;              // output height and width
+  int kw;                // filter width (kh = K / (kw * C))
+  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int K;                 // real reduction length kh*kw*C (<= the GEMM's padded K)
+  int M;                 // N * P * Q output pixels
+};
+
+// The input position of tap (0, 0) for output pixel m, fixed per thread for the whole kernel.
+// nh = n * H (row base of the image). A pixel past M gets ih0 far below 0: never in the image.
+struct ConvPixel {
+  int nh, ih0, iw0;
+};
+constexpr int kConvNoPixel = -(1 << 30);
+SPARSEDM_HD ConvPixel conv_pixel(const ConvGeom& g, int m) {
+  ConvPixel px;
+  if (m >= g.M) {
+    px.nh = 0, px.ih0 = kConvNoPixel, px.iw0 = kConvNoPixel;
+    return px;
+  }
+  const int ow = m % g.Q, rest = m / g.Q;
+  const int oh = rest % g.P, n = rest / g.P;
+  px.nh = n * g.H;
+  px.ih0 = oh * g.stride_h - g.pad_h;
+  px.iw0 = ow * g.stride_w - g.pad_w;
+  return px;
+}
+
+// Logical k (a multiple of 8) -> the tap's input offsets (r * dh, s * dw) and the channel c.
+// Same for every token row, so a thread computes it once per stage. k >= K gives dh = a value
+// that no pixel can reach (the chunk is zero-filled).
+struct ConvTap {
+  int dh, dw, c;
+};
+SPARSEDM_HD ConvTap conv_tap(const ConvGeom& g, int k) {
+  ConvTap t;
+  const int tap = k / g.C;
+  t.c = k - tap * g.C;
+  const int r = tap / g.kw, s = tap - r * g.kw;
+  t.dh = k < g.K ? r * g.dil_h : kConvNoPixel;
+  t.dw = s * g.dil_w;
+  return t;
+}
+
+// Element offset in the NHWC input of the 8 channels (px, tap), or -1 when the chunk reads
+// padding / past K / past M (zero-filled).
+SPARSEDM_HD long conv_x_offset(const ConvGeom& g, const ConvPixel& px, const ConvTap& t) {
+  const int ih = px.ih0 + t.dh, iw = px.iw0 + t.dw;
+  if (static_cast<unsigned>(ih) >= static_cast<unsigned>(g.H) || static_cast<unsigned>(iw) >= static_cast<unsigned>(g.W)) return -1;
+  return (static_cast<long>(px.nh + ih) * g.W + iw) * g.C + t.c;
+}
+
+// The gather state of one thread of a block of kThreads threads whose X tile is BT token rows:
+// work items i = tid + j * kThreads (j < kRows) -> token row x_tile_row(i), chunk tid & 7.
+template <int kBT, int kThreads>
+struct ConvGather {
+  static_assert(kThreads % 8 == 0, "a thread must keep one chunk index");
+  static constexpr int kRows = (kBT * 8 + kThreads - 1) / kThreads;
+  ConvPixel px[kRows];
+  int tid, chunk;
+  SPARSEDM_HD ConvGather(const ConvGeom& g, int first_token, int thread) : tid(thread), chunk(x_tile_chunk(thread)) {
+    SPARSEDM_UNROLL
+    for (int j = 0; j < kRows; ++j) px[j] = conv_pixel(g, first_token + x_tile_row(item(j)));
+  }
+  SPARSEDM_HD int item(int j) const { return tid + j * kThreads; }
+  SPARSEDM_HD bool active(int j) const { return item(j) < kBT * 8; }
+  SPARSEDM_HD int row(int j) const { return x_tile_row(item(j)); }
+  // The tap of this thread's chunk in stage kb (64 logical k per stage, 8 per chunk).
+  SPARSEDM_HD ConvTap tap(const ConvGeom& g, int kb) const { return conv_tap(g, kb * Sp16::kKPerStage + chunk * 8); }
+};
 
 }  // namespace layout
 }  // namespace sparsedm

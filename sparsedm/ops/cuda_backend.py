@@ -37,13 +37,23 @@ def _private_ops_available() -> bool:
     return hasattr(torch.ops.sparsedm, "_cuda_sparse24_gemm")
 
 
-def relayout(src: torch.Tensor, meta: Optional[torch.Tensor], family: int, n: int, k: int):
-    """Kernel-order ``(weight_words, meta_words)`` of a canonical weight, cached per tensor."""
+def relayout(src: torch.Tensor, meta: Optional[torch.Tensor], family: int, n: int, k: int, k_padded: Optional[int] = None):
+    """Kernel-order ``(weight_words, meta_words)`` of a canonical weight, cached per tensor.
+
+    ``k_padded`` (2:4 only): first extend K with zero groups to that length (values 0, meta
+    nibble 0x4 = kept positions {0, 1}, a valid code), so that a conv weight whose
+    K = kh*kw*Cin is not a multiple of the K stage still fills whole stages.
+    """
     key = meta if meta is not None else src
-    tag = (family, src.data_ptr(), src._version, None if meta is None else meta._version, src.device)
+    tag = (family, src.data_ptr(), src._version, None if meta is None else meta._version, src.device, k_padded)
     hit = _cache.get(key)
     if hit is not None and hit[0] == tag:
         return hit[1]
+    if k_padded is not None and k_padded != k:
+        extra = k_padded - k
+        src = torch.nn.functional.pad(src, (0, extra // 2))
+        meta = torch.nn.functional.pad(meta, (0, extra // 8), value=0x44)
+        k = k_padded
     out = torch.ops.sparsedm._cuda_relayout24(src.contiguous(), None if meta is None else meta.contiguous(), family, n, k)
     _cache[key] = (tag, out)
     return out
@@ -162,8 +172,60 @@ def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale):
     return _int8_run(x, SP8, w, m, n, w_scale, bias, x_scale)
 
 
+# ---- sparse24_conv2d (implicit GEMM, docs/KERNELS.md "CUDA implicit-GEMM 2:4 conv") ---------
+
+CONV_C_MULTIPLE = 8  # one 16-byte cp.async = 8 channels of one filter tap
+
+
+def conv_k_padded(k: int) -> int:
+    """The GEMM K of a conv weight: kh*kw*Cin rounded up to the f16/bf16 K stage."""
+    return -(-k // K_MULTIPLE[SP16]) * K_MULTIPLE[SP16]
+
+
+def supports_sparse24_conv2d(x, values, meta, bias, weight_shape, stride, padding, dilation, activation="none") -> Optional[str]:
+    reason = _device_reason(x, values, meta, bias)
+    if reason:
+        return reason
+    if x.dtype not in FLOAT16:
+        return f"sparse24_conv2d: the cuda kernel takes float16 or bfloat16 x, got {x.dtype}"
+    if x.numel() == 0:
+        return "sparse24_conv2d: empty input"
+    cout, cin = weight_shape[0], weight_shape[1]
+    if x.dim() == 4 and x.shape[1] != cin:
+        return f"sparse24_conv2d: x has {x.shape[1]} channels but the weight {cin}; the cuda kernel is groups=1 only"
+    if cin % CONV_C_MULTIPLE:
+        return (
+            f"sparse24_conv2d: Cin={cin} is not a multiple of {CONV_C_MULTIPLE} (the cuda kernel copies 8 channels of "
+            f"one filter tap per 16-byte load); this layer runs on another backend (pad the input channels to use it)"
+        )
+    if cout % N_MULTIPLE:
+        return f"sparse24_conv2d: Cout={cout} is not a multiple of {N_MULTIPLE}; the cuda kernel needs whole 16-row mma tiles (this layer runs on another backend)"
+    return None
+
+
+def sparse24_conv2d(x, values, meta, bias, weight_shape, stride, padding, dilation, activation="none", residual=None):
+    """NHWC implicit GEMM; NCHW x costs one layout change in and one out (the output memory
+    format follows :func:`sparsedm.ops.checks.conv_output_memory_format`). ``residual`` (same
+    shape as the output, added after the activation) is for internal callers only."""
+    cout, _, _, stride, padding, dilation = checks.check_sparse24_conv2d(
+        x, values, meta, bias, weight_shape, stride, padding, dilation, activation
+    )
+    _, cin, kh, kw = weight_shape
+    k = kh * kw * cin
+    w, m = relayout(values, meta, SP16, cout, k, k_padded=conv_k_padded(k))
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    y = torch.ops.sparsedm._cuda_sparse24_conv2d(
+        x_nhwc, w, m, _bias32(bias), residual, cout, kh, kw, list(stride), list(padding), list(dilation),
+        ACTIVATION_CODES[activation],
+    )
+    return y.contiguous(memory_format=checks.conv_output_memory_format(x))
+
+
 registry.register_kernel("sparse24_linear", "cuda", sparse24_linear, supports=_robust(supports_sparse24_linear))
 registry.register_kernel("int8_linear", "cuda", int8_linear, supports=_robust(supports_int8_linear))
 registry.register_kernel(
     "sparse24_int8_linear", "cuda", sparse24_int8_linear, supports=_robust(supports_sparse24_int8_linear)
 )
+registry.register_kernel("sparse24_conv2d", "cuda", sparse24_conv2d, supports=_robust(supports_sparse24_conv2d))

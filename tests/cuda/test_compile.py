@@ -20,11 +20,14 @@ CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
 NVCC = shutil.which("nvcc") or os.path.join(CUDA_HOME, "bin", "nvcc")
 ARCHS = ("80", "86", "90")
 # translation unit -> SASS patterns that must occur (verified against real cuobjdump output:
-# HMMA.SP.16832.F32 / HMMA.SP.16832.F32.BF16, IMMA.SP.16864.S8.S8, IMMA.16832.S8.S8).
+# HMMA.SP.16832.F32 / HMMA.SP.16832.F32.BF16, IMMA.SP.16864.S8.S8, IMMA.16832.S8.S8; LDGSTS =
+# cp.async, the conv's gather).
 TUS = {
     "sparse24_gemm_launch": (r"HMMA\.SP\.16832\.F32(?!\.BF16)", r"HMMA\.SP\.16832\.F32\.BF16"),
     "int8_gemm_launch": (r"IMMA\.SP\.16864\.S8\.S8", r"IMMA\.16832\.S8\.S8"),
     "relayout_launch": (),
+    # implicit-GEMM 2:4 conv: {f16, bf16} x {large, small} tiles, one TU (compile time ~8 s/arch).
+    "sparse24_conv_launch": (r"HMMA\.SP\.16832\.F32(?!\.BF16)", r"HMMA\.SP\.16832\.F32\.BF16", r"LDGSTS"),
 }
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NVCC), reason="nvcc not found (set CUDA_HOME)")
