@@ -25,6 +25,7 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;8.6;8.9;9.0"
+MIN_NVCC = (12, 5)
 
 
 def say(msg: str) -> None:
@@ -60,6 +61,11 @@ def decide_cuda(torch, cuda_home):
         problem = (
             f"nvcc {nvcc[0]}.{nvcc[1]} does not match torch's CUDA {torch.version.cuda} "
             f"(the major versions must be equal)"
+        )
+    elif nvcc < MIN_NVCC:
+        problem = (
+            f"nvcc {nvcc[0]}.{nvcc[1]} is older than {MIN_NVCC[0]}.{MIN_NVCC[1]}, the first with PTX ISA 8.5 "
+            f"(mma.sp::ordered_metadata, which the 2:4 kernels use)"
         )
     if problem is None:
         return True, ""

@@ -1,61 +1,108 @@
 #!/usr/bin/env bash
-# All GPU validation in one command: build the extension, run the GPU tests, one small case
-# under compute-sanitizer, the kernel benchmarks on every shape table and the model
+# All GPU validation: build the extension with its CUDA kernels, run the GPU tests, the
+# kernels under compute-sanitizer, the kernel benchmarks on every shape table and the model
 # benchmarks. Installs nothing from the network (torch, triton and nvcc must be there).
 #
-#   bash bench/gpu_suite.sh [all|test|bench]     (default: all)
+#   bash bench/gpu_suite.sh [STAGE ...]     stages: build test-cuda test-triton test-rest
+#                                            sanitizer bench-kernels bench-models
+#                                            test (= the three test stages + sanitizer)
+#                                            bench (= both bench stages), all (default)
 #
-# Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels.{json,csv,md,png}
-# (and -model.*), plus gpu_suite-<stage>.log. Stages can run in separate calls (each under
-# 10 minutes on one H100): `test` builds and tests, `bench` builds (cached) and measures.
+# Each stage runs under `timeout $STEP_TIMEOUT` (default 540 s) so that a stage that hangs
+# still leaves its log. Stages can go in separate calls of a 10-minute command limit: the
+# build is reused when the extension already has its CUDA ops and is newer than the sources,
+# and Triton's cache lives in .triton-cache/ inside the checkout.
+#
+# Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels.{json,csv,md,png},
+# ...-model-<preset>.*, and gpu_suite.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE="${1:-all}"
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
-LOG="$OUT/gpu_suite-$STAGE.log"
-exec > >(tee "$LOG") 2>&1
+LOG="$OUT/gpu_suite.log"
+exec > >(tee -a "$LOG") 2>&1
 PY="${PYTHON:-python3}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-540}"
 export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton-cache}"
+export SPARSEDM_CUDA=1  # a CPU-only build here would make every cuda test skip: fail instead
+export SPARSEDM_REQUIRE_BACKENDS=1  # GPU tests fail, not skip, when a backend cannot run
 status=0
+STAGES="${*:-all}"
+want() { for s in $STAGES; do case "$s" in all|"$1") return 0;; test) case "$1" in test-*|sanitizer) return 0;; esac;; bench) case "$1" in bench-*) return 0;; esac;; esac; done; return 1; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+run() { timeout "$STEP_TIMEOUT" "$@" || { rc=$?; echo "!!! failed (exit $rc): $*"; status=1; }; }
 
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
+nvcc --version | tail -2
 git rev-parse HEAD 2>/dev/null || echo "commit: not a git checkout"
 
-step "build (pip install --no-deps --no-build-isolation -e .)"
-if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  # Build only for the GPU at hand: a suite run is about this machine, and it halves the build.
+have_cuda_ops() {
+  "$PY" - <<'PY'
+import glob, os, sys
+import torch
+try:
+    import sparsedm._C  # noqa: F401
+except ImportError:
+    sys.exit(1)
+if not hasattr(torch.ops.sparsedm, "_cuda_sparse24_gemm"):
+    sys.exit(1)
+so = max(glob.glob("sparsedm/_C*.so"), key=os.path.getmtime, default=None)
+sources = [p for pat in ("csrc/**/*", "kernels/cuda/*") for p in glob.glob(pat, recursive=True) if os.path.isfile(p)]
+sys.exit(0 if so and os.path.getmtime(so) >= max(os.path.getmtime(p) for p in sources) else 1)
+PY
+}
+
+step "build"
+if have_cuda_ops; then
+  echo "sparsedm._C with CUDA ops is up to date; not rebuilding"
+else
+  # Only the GPU at hand: a suite run is about this machine, and one arch builds 4x faster.
   TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")"
-  export TORCH_CUDA_ARCH_LIST
+  export TORCH_CUDA_ARCH_LIST MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+  run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
 fi
-SPARSEDM_CUDA="${SPARSEDM_CUDA:-auto}" "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
+if ! have_cuda_ops; then
+  echo "!!! sparsedm._C has no CUDA ops after the build: the cuda backend cannot be tested"
+  status=1
+fi
 "$PY" -m sparsedm info --backends || status=1
 
-if [ "$STAGE" = all ] || [ "$STAGE" = test ]; then
-  step "GPU tests (pytest -m gpu)"
-  "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests || status=1
-
-  step "compute-sanitizer on one small case per available GPU backend"
+if want test-cuda; then
+  step "GPU tests: CUDA kernels"
+  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/cuda
+fi
+if want test-triton; then
+  step "GPU tests: Triton kernels"
+  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/triton
+fi
+if want test-rest; then
+  step "GPU tests: runtime, sampling, the rest"
+  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests --ignore=tests/cuda --ignore=tests/triton
+fi
+if want sanitizer; then
+  step "compute-sanitizer (memcheck, racecheck, synccheck) on small calls of every op and backend"
   if command -v compute-sanitizer >/dev/null; then
-    compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" bench/sanitizer_case.py || status=1
+    for tool in memcheck racecheck synccheck; do
+      run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
+    done
   else
     echo "compute-sanitizer not found; skipped"
   fi
 fi
-
-if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
+if want bench-kernels; then
   step "kernel benchmarks (all shape tables)"
-  "$PY" -m sparsedm bench kernels --op all --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT" || status=1
-  if "$PY" -m sparsedm bench model --help >/dev/null 2>&1; then
-    step "model benchmarks"
-    "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT" || status=1
-    "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --out "$OUT" || status=1
-  fi
+  run "$PY" -m sparsedm bench kernels --op all --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT"
+fi
+if want bench-models; then
+  step "model benchmarks"
+  run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
+  run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --out "$OUT"
 fi
 
 step "done: exit status $status; files in $OUT"
 ls -la "$OUT"
+sync
 exit $status

@@ -38,3 +38,19 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, 
         f"{what}: relative error {rel:.3e} > {rtol:.1e} (max abs err {float(err.max()):.3e}, "
         f"mean abs err {float(err.mean()):.3e}, max |expected| {float(scale):.3e})"
     )
+
+
+def need_backend(name: str) -> None:
+    """Skip when backend ``name`` cannot run here; fail instead under
+    ``SPARSEDM_REQUIRE_BACKENDS=1`` (bench/gpu_suite.sh), where a skip would hide a broken build."""
+    import os
+
+    import pytest
+
+    from sparsedm.ops import registry
+
+    reason = registry.get_backend(name).unavailable_reason()
+    if reason:
+        if os.environ.get("SPARSEDM_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"{name} backend unavailable under SPARSEDM_REQUIRE_BACKENDS=1: {reason}")
+        pytest.skip(f"{name} backend unavailable: {reason}")

@@ -30,6 +30,8 @@ def fake_torch(cuda):
         ("auto", "13.0", None, False, "nvcc was not found"),
         ("0", "13.0", (13, 0), False, "SPARSEDM_CUDA=0"),
         ("1", "13.0", (13, 1), True, ""),
+        ("auto", "12.4", (12, 4), False, "older than 12.5"),
+        ("auto", "12.8", (12, 8), True, ""),
     ],
 )
 def test_decide_cuda(setup_module, monkeypatch, mode, torch_cuda, nvcc, expected, reason):

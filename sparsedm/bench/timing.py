@@ -87,12 +87,16 @@ def measure(
 ) -> Measurement:
     """Time ``fn(i)``, where ``i`` selects which of ``copies`` input sets to use.
 
-    ``warmup`` untimed calls first (compilation, autotuning, caches), then ``reps`` timed
-    calls, each on the next input copy. Returns the median and the raw samples.
+    ``warmup`` untimed calls first (compilation, autotuning, caches; at least one per copy),
+    then ``reps`` timed calls, each on the next input copy. Returns the median and the raw
+    samples.
     """
     if reps < 1 or warmup < 0 or copies < 1:
         raise ValueError(f"need reps >= 1, warmup >= 0 and copies >= 1, got {reps}, {warmup}, {copies}")
     timer = timer or CpuTimer()
+    # Every input copy is used once before timing: per-tensor caches (re-laid-out weights,
+    # cuSPARSELt plans) are then built for all of them, not inside timed calls.
+    warmup = max(warmup, copies)
     for i in range(warmup):
         fn(i % copies)
     if sync is not None:

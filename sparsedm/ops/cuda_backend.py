@@ -54,7 +54,7 @@ def relayout(src: torch.Tensor, meta: Optional[torch.Tensor], family: int, n: in
         src = torch.nn.functional.pad(src, (0, extra // 2))
         meta = torch.nn.functional.pad(meta, (0, extra // 8), value=0x44)
         k = k_padded
-    out = torch.ops.sparsedm._cuda_relayout24(src.contiguous(), None if meta is None else meta.contiguous(), family, n, k)
+    out = torch.ops.sparsedm._cuda_relayout24(_aligned(src), None if meta is None else _aligned(meta), family, n, k)
     _cache[key] = (tag, out)
     return out
 
@@ -96,8 +96,15 @@ def _robust(supports):
     return wrapped
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned: the kernels read with 16-byte cp.async / 4-byte words,
+    and a view with a storage offset may start anywhere (a copy is cheaper than a fault)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]).contiguous()
+    return _aligned(x.reshape(-1, x.shape[-1]))
 
 
 def _bias32(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -214,6 +221,8 @@ def sparse24_conv2d(x, values, meta, bias, weight_shape, stride, padding, dilati
     k = kh * kw * cin
     w, m = relayout(values, meta, SP16, cout, k, k_padded=conv_k_padded(k))
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    if x_nhwc.data_ptr() % 16:  # a batch slice of a channels_last tensor may start unaligned
+        x_nhwc = x_nhwc.clone(memory_format=torch.channels_last)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     y = torch.ops.sparsedm._cuda_sparse24_conv2d(

@@ -29,6 +29,13 @@ def test_median_of_timed_calls_after_warmup():
     assert calls == [0, 1, 2, 0, 1, 2, 0, 1, 2]
 
 
+def test_every_copy_is_warmed_before_timing():
+    calls = []
+    measure(calls.append, copies=4, warmup=1, reps=2, timer=FakeTimer([1.0, 1.0]))
+    assert calls[:4] == [0, 1, 2, 3]  # warm-up visits each copy once, even with warmup=1
+    assert len(calls) == 6
+
+
 def test_sync_runs_between_warmup_and_timing():
     events = []
     measure(lambda i: events.append("call"), warmup=2, reps=1, timer=FakeTimer([1.0]), sync=lambda: events.append("sync"))

@@ -14,6 +14,7 @@ import torch
 from sparsedm.formats import compress24
 from sparsedm.formats.sparse24 import mask24
 from sparsedm.ops import checks, reference, registry
+from tests.helpers import need_backend
 
 # (N, Cin, H, W, Cout, kh, kw, stride, padding): the conv layers of the two UNets
 # (sparsedm.bench.shapes "ddpm-unet" and "sd15-unet", smaller batches).
@@ -47,9 +48,7 @@ ODD = [
 
 
 def _need_cuda_backend():
-    reason = registry.get_backend("cuda").unavailable_reason()
-    if reason:
-        pytest.skip(f"cuda backend unavailable: {reason}")
+    need_backend("cuda")
 
 
 def _rel_err(a, b):

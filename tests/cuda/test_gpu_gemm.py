@@ -12,12 +12,15 @@ import torch
 from sparsedm.formats import compress24, quantize_weight_int8
 from sparsedm.formats.sparse24 import mask24
 from sparsedm.ops import checks, reference, registry
+from tests.helpers import need_backend
 
 pytestmark = pytest.mark.gpu
 
 UVIT = {"S2": [(1536, 512), (512, 512), (2048, 512), (512, 2048)], "L2": [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]}
-SHAPES = [(n, k) for shapes in UVIT.values() for n, k in shapes]
-MS = (1, 7, 128, 4096)
+# Plus tails: N past whole 128-wide tiles and K = one int8 K stage, with M tails past the
+# large tile's 64 tokens (4100) and inside the small tile (1, 7).
+SHAPES = [(n, k) for shapes in UVIT.values() for n, k in shapes] + [(1040, 1024), (48, 128)]
+MS = (1, 7, 128, 4096, 4100)
 
 
 def _pruned(w):
@@ -25,9 +28,7 @@ def _pruned(w):
 
 
 def _need_cuda_backend():
-    reason = registry.get_backend("cuda").unavailable_reason()
-    if reason:
-        pytest.skip(f"cuda backend unavailable: {reason}")
+    need_backend("cuda")
 
 
 def _rel_err(a, b):
@@ -97,7 +98,10 @@ def test_int8_linear_matches_reference(n, k, m, dtype, sparse):
     # identical integer sums and identical float32 scaling order -> equal up to the rare
     # 1-ulp difference of the division in the activation scale / a different rounding of x/s.
     mismatch = (y != ref).float().mean().item()
-    assert mismatch < 1e-3, f"{mismatch:.2%} elements differ; max abs {(y.float() - ref.float()).abs().max():.3e}"
+    max_err = (y.float() - ref.float()).abs().max().item()
+    assert mismatch < 1e-3, f"{mismatch:.2%} elements differ; max abs {max_err:.3e}"
+    # ... and those few differ by rounding only: a wrong tile would be off by the output's scale.
+    assert max_err <= 1e-2 * ref.float().abs().max().item(), f"max abs error {max_err:.3e} is not a rounding difference"
 
 
 def test_unsupported_shapes_give_reasons():
