@@ -166,9 +166,13 @@ def _run(args) -> int:
 
     try:
         result = run_demo(args.device, args.out, args.backend)
-    except RuntimeError as exc:
+    except OSError as exc:
+        print(f"error: cannot write to --out {args.out}: {exc.strerror or exc}; choose another directory", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # incl. BackendUnavailableError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(open(os.path.join(args.out, "report.md")).read())
+    with open(os.path.join(args.out, "report.md")) as f:
+        print(f.read())
     print(f"wrote {args.out}/sparse_grid.png, dense_grid.png, teacher_grid.png, report.md, report.json")
     return 0 if result["max_abs_diff"] < 1e-2 else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import torch
@@ -14,6 +15,30 @@ from sparsedm.bench.report import terminal_table, write_results
 from sparsedm.bench.shapes import CONV_TABLES, CPU_TABLES, LINEAR_TABLES, table
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_setup(out: str, backends) -> str | None:
+    """Problems to report before any measurement: an unwritable --out, unknown backends."""
+    from sparsedm.ops import registry
+
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        return f"cannot write results to --out {out}: {exc.strerror}; choose another directory"
+    for name in backends or ():
+        if name != "auto":
+            try:
+                registry.get_backend(name)
+            except registry.BackendUnavailableError as exc:
+                return str(exc)
+    return None
 
 
 def _progress(iterable, total, desc):
@@ -47,6 +72,10 @@ def _kernels(args: argparse.Namespace) -> int:
         print("note: CPU run: these are CPU numbers of the CPU paths (reference backend), "
               "not GPU kernel timings", file=sys.stderr)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    problem = _check_setup(args.out, backends)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     hdr = header(device)
     jobs = []
     for op in ops:
@@ -89,6 +118,12 @@ def _model(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.preset):
         print("error: give either a converted MODEL file or --preset NAME (see `sparsedm bench model --help`)", file=sys.stderr)
         return 2
+    problem = _check_setup(args.out, [args.backend])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from sparsedm.convert.errors import ConvertError
+
     base = None
     try:
         if args.model:
@@ -96,6 +131,9 @@ def _model(args: argparse.Namespace) -> int:
         else:
             overrides = json.loads(args.override) if args.override else None
             spec = model_bench.spec_from_preset(args.preset, overrides)
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (KeyError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -184,8 +222,8 @@ def register(subparsers) -> None:
     k.add_argument("--dtype", choices=list(DTYPES), help="activation/weight dtype (default fp16 on CUDA, fp32 on CPU)")
     k.add_argument("--backends", help="comma-separated sparsedm backends to include (default: every one that can run)")
     k.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
-    k.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
-    k.add_argument("--reps", type=int, default=50, help="timed calls; the median is reported (default 50)")
+    k.add_argument("--warmup", type=positive_int, default=10, help="untimed calls before timing (default 10)")
+    k.add_argument("--reps", type=positive_int, default=50, help="timed calls; the median is reported (default 50)")
     k.add_argument("--out", default="bench/out", help="directory for the results files (default bench/out)")
     k.set_defaults(func=_kernels)
     logging.getLogger("sparsedm.bench").setLevel(logging.INFO)
@@ -202,8 +240,8 @@ def register(subparsers) -> None:
     mb.add_argument("model", nargs="?", help="a converted .safetensors file (or use --preset)")
     mb.add_argument("--preset", help="model preset, e.g. uvit-s2-cifar10 or ddpm-unet-cifar10")
     mb.add_argument("--override", help='JSON dict of config overrides, e.g. \'{"depth": 2}\' (for quick runs)')
-    mb.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
-    mb.add_argument("--steps", type=int, help="sampling steps of the whole-run measurement (default: the preset's, at most 50)")
+    mb.add_argument("--batch", type=positive_int, default=8, help="images per step (default 8)")
+    mb.add_argument("--steps", type=positive_int, help="sampling steps of the whole-run measurement (default: the preset's, at most 50)")
     mb.add_argument("--variants", default=",".join(("dense", "sparse", "int8", "sparse+int8")),
                     help="comma-separated: dense, sparse, int8, sparse+int8 (default: all)")
     mb.add_argument("--dtype", choices=list(DTYPES), help="default fp16 on CUDA, fp32 on CPU")
@@ -211,8 +249,8 @@ def register(subparsers) -> None:
     mb.add_argument("--cuda-graph", action="store_true", help="replay the denoiser step from a CUDA graph")
     mb.add_argument("--compile", action="store_true", help="torch.compile each variant")
     mb.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
-    mb.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
-    mb.add_argument("--reps", type=int, default=20, help="timed steps; the median is reported (default 20)")
+    mb.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing (default 3)")
+    mb.add_argument("--reps", type=positive_int, default=20, help="timed steps; the median is reported (default 20)")
     mb.add_argument("--out", default="bench/out", help="directory for the results files (default bench/out)")
     mb.set_defaults(func=_model)
 

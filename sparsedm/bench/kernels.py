@@ -41,8 +41,14 @@ class Candidate:
 
 
 def _sparsedm_backends(op: str, args: tuple, wanted: Optional[set[str]]) -> list[str]:
+    """sparsedm backends to time beside the baselines. The registry's ``dense`` backend is the
+    baseline's own cuBLAS/cuDNN call (it would be a second "dense" row); ``reference`` is the
+    CPU path, timed only on CPU."""
     names = []
+    on_cuda = args[0].device.type == "cuda"
     for backend in registry.backends():
+        if backend.name == "dense" or (on_cuda and backend.name == "reference"):
+            continue
         if wanted is not None and backend.name not in wanted:
             continue
         if registry.why_not(backend, op, args) is None:

@@ -120,12 +120,16 @@ def entry_key(op: str, args: tuple) -> str:
         return (
             f"{op}|B{_bucket(int(x.shape[0]))}|C{cin}|H{int(x.shape[2])}|W{int(x.shape[3])}|K{cout}|R{kh}|S{kw}"
             f"|stride{'x'.join(map(str, stride))}|pad{'x'.join(map(str, padding))}|dil{'x'.join(map(str, dilation))}"
-            f"|{layout}|{dtype}"
+            f"|{layout}|{dtype}|{args[8] if len(args) > 8 else 'none'}|{'bias' if args[3] is not None else 'nobias'}"
         )
     k = int(x.shape[-1])
     m = x.numel() // max(k, 1)
     n = int(args[1].shape[0])
     key = f"{op}|M{_bucket(m)}|N{n}|K{k}|{dtype}"
+    if op == "sparse24_linear":  # the epilogue's cost differs between kernels
+        key += f"|{args[4]}|{'bias' if args[3] is not None else 'nobias'}"
+    elif op in ("int8_linear", "sparse24_int8_linear"):
+        key += "|bias" if args[-2] is not None else "|nobias"
     if op in ("int8_linear", "sparse24_int8_linear"):
         key += "|static_x" if args[-1] is not None else "|dynamic_x"  # x_scale is the last argument
     return key
@@ -215,6 +219,12 @@ class Autotuner:
             if not times:
                 return pairs[0][0]
             winner = min(times, key=times.__getitem__)  # ties go to the earlier (higher priority) one
+            if winner != "dense" and "dense" in times:
+                # Measuring dense decompressed this weight into a cache; a losing dense must not
+                # keep a full dense copy of every sparse layer in memory.
+                from sparsedm.ops import dense
+
+                dense.forget(args)
             record = {
                 "backend": winner,
                 "ms": {name: round(ms, 6) for name, ms in times.items()},

@@ -8,8 +8,9 @@ forcing and the ``supports`` reasons work exactly as for every other backend; th
 ops are an implementation detail (no C++ kernel is registered under a public name).
 
 Weights are re-laid out once per (tensor, version, device) into the kernels' fragment order
-(canonical tensors stay the only stored form) and cached in a ``WeakKeyDictionary`` keyed by
-the canonical ``meta`` (2:4) or ``w_q`` (dense int8) tensor, so the cache dies with the module.
+(canonical tensors stay the only stored form) and cached in a ``WeakTensorKeyDictionary`` keyed by
+the canonical ``meta`` (2:4) or ``w_q`` (dense int8) tensor (by identity), so the cache dies with
+the module.
 
 This module imports cleanly without a CUDA build: the backend's probe reports the reason and
 the registry never loads it then; tests import it anyway to check ``supports`` messages.
@@ -17,10 +18,10 @@ the registry never loads it then; tests import it anyway to check ``supports`` m
 
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from sparsedm.ops import checks, registry
 
@@ -30,7 +31,9 @@ N_MULTIPLE = 16
 ACTIVATION_CODES = {name: i for i, name in enumerate(checks.ACTIVATIONS)}
 FLOAT16 = (torch.float16, torch.bfloat16)
 
-_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# WeakTensorKeyDictionary compares keys by identity; a plain WeakKeyDictionary would call
+# Tensor.__eq__ on lookup and fail on the second call with the same weight.
+_cache = WeakTensorKeyDictionary()
 
 
 def _private_ops_available() -> bool:

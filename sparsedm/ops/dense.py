@@ -31,7 +31,7 @@ from sparsedm.formats import decompress24, quantize_activation_int8, quantize_wi
 from sparsedm.ops import checks, registry
 from sparsedm.ops.reference import apply_activation
 
-__all__ = ["decompressed_weight", "clear_cache"]
+__all__ = ["decompressed_weight", "clear_cache", "forget"]
 
 # values tensor -> (meta, values._version, meta._version, shape, dense weight)
 _CACHE = WeakTensorKeyDictionary()
@@ -50,6 +50,14 @@ def decompressed_weight(values: torch.Tensor, meta: torch.Tensor, shape: Optiona
         dense = decompress24(values, meta, shape=shape_key)
         _CACHE[values] = (meta, values._version, meta._version, shape_key, dense)
         return dense
+
+
+def forget(args: tuple) -> None:
+    """Drop the cached dense weight of the canonical tensors among one call's ``args``."""
+    with _LOCK:
+        for a in args:
+            if isinstance(a, torch.Tensor) and a in _CACHE:
+                del _CACHE[a]
 
 
 def clear_cache() -> None:

@@ -101,12 +101,17 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype) -> di
     if state_dict:
         if not os.path.isfile(state_dict):
             raise SampleError(f"--state-dict {state_dict}: no such file", "give the path of the checkpoint's state_dict")
-        if state_dict.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        try:
+            if state_dict.endswith(".safetensors"):
+                from safetensors.torch import load_file
 
-            sd = load_file(state_dict, device="cpu")
-        else:
-            sd = torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)
+                sd = load_file(state_dict, device="cpu")
+            else:
+                sd = torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:  # torch/safetensors say "invalid header", "PytorchStreamReader failed", ...
+            raise SampleError(f"--state-dict {state_dict} cannot be read as a checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})",
+                              "pass a torch.save'd state_dict or a .safetensors file") from None
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise SampleError(f"--state-dict {state_dict} does not fit preset {name}: missing {list(missing)[:5]}, "
@@ -168,13 +173,20 @@ def _sampler_config(args, loaded: dict) -> dict:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from sparsedm.convert.errors import ConvertError
+    from sparsedm.ops import BackendUnavailableError
+
     try:
         return _run(args)
-    except (SampleError, ValueError, FileNotFoundError) as e:
+    except (SampleError, ValueError, FileNotFoundError, ConvertError, BackendUnavailableError) as e:
         if args.debug:
             raise
-        hint = f"\n  what to do: {e.args[1]}" if isinstance(e, SampleError) and len(e.args) > 1 else ""
-        print(f"sparsedm sample: error: {e.args[0] if e.args else e}{hint}", file=sys.stderr)
+        if isinstance(e, ConvertError):  # already "problem; fix"
+            message, hint = str(e), ""
+        else:
+            message = e.args[0] if e.args else str(e)
+            hint = f"\n  what to do: {e.args[1]}" if isinstance(e, SampleError) and len(e.args) > 1 else ""
+        print(f"sparsedm sample: error: {message}{hint}", file=sys.stderr)
         return 2
 
 
@@ -199,6 +211,10 @@ def _run(args: argparse.Namespace) -> int:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise SampleError(f"cannot write {path}: its directory does not exist", "create it first")
 
+    if args.backend:
+        from sparsedm.ops import registry
+
+        registry.get_backend(args.backend.strip().lower())  # unknown names fail before any work
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SampleError(f"--device {device} but CUDA is not available here", "use --device cpu")
@@ -215,10 +231,6 @@ def _run(args: argparse.Namespace) -> int:
         loaded = _load_preset(args.preset, args.state_dict, device, dtype)
     else:
         loaded = _load_converted(args.model, device, dtype, args.backend)
-    if args.backend and not args.model:
-        from sparsedm.ops import use_backend  # sparse layers of presets/factories follow the global choice
-
-        use_backend(args.backend)
     shape = tuple(int(s) for s in loaded["shape"])
     if shape[0] not in (1, 3, 4):
         raise SampleError(f"{shape[0]}-channel outputs cannot be saved as images")
@@ -246,10 +258,13 @@ def _run(args: argparse.Namespace) -> int:
     batches, bs = shard(args.num_samples, d.world, d.rank, args.batch_size)
     bar = tqdm(total=len(batches) * sampler.steps, unit="step", desc=f"sample {sampler.kind}",
                disable=args.no_progress or d.rank != 0, dynamic_ncols=True)
+    from sparsedm.ops import use_backend
+
     t0 = time.perf_counter()
-    images, labels = generate(model, sampler, shape, args.num_samples, args.seed, device=device, batch_size=args.batch_size,
-                              num_classes=num_classes, class_label=args.class_label, dtype=dtype,
-                              channels_last=args.channels_last, dist_info=d, progress=bar.update)
+    with use_backend(args.backend):  # forces the sparse layers' backend for presets/factories too
+        images, labels = generate(model, sampler, shape, args.num_samples, args.seed, device=device,
+                                  batch_size=args.batch_size, num_classes=num_classes, class_label=args.class_label,
+                                  dtype=dtype, channels_last=args.channels_last, dist_info=d, progress=bar.update)
     bar.close()
     elapsed = time.perf_counter() - t0
     if d.rank == 0:

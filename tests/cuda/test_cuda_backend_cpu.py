@@ -44,3 +44,31 @@ def test_shape_reasons_name_the_constraint():
     msg = cuda_backend._shape_reason("sparse24_linear", 32, 96, cuda_backend.SP16)
     assert "K=96" in msg and "64" in msg
     assert cuda_backend._shape_reason("int8_linear", 32, 128, cuda_backend.D8) is None
+
+
+def test_relayout_cache_hits_and_invalidates(monkeypatch):
+    """The per-weight re-layout cache: a second call with the same weight reuses the result
+    (this once failed on the second call), an in-place change re-lays out, and a new tensor
+    gets its own entry."""
+    from sparsedm.ops import cuda_backend
+
+    calls = []
+
+    def fake_relayout(src, meta, family, n, k):
+        calls.append((tuple(src.shape), family, n, k))
+        return src.clone(), None if meta is None else meta.clone()
+
+    class FakeOps:
+        _cuda_relayout24 = staticmethod(fake_relayout)
+
+    monkeypatch.setattr(cuda_backend.torch.ops, "sparsedm", FakeOps)
+    values, meta = compress24(_pruned(torch.randn(32, 64)))
+    first = cuda_backend.relayout(values, meta, cuda_backend.SP16, 32, 64)
+    second = cuda_backend.relayout(values, meta, cuda_backend.SP16, 32, 64)
+    assert len(calls) == 1 and second is first
+    values.mul_(2)  # bumps the version counter: the cached layout is stale
+    cuda_backend.relayout(values, meta, cuda_backend.SP16, 32, 64)
+    assert len(calls) == 2
+    other_values, other_meta = compress24(_pruned(torch.randn(32, 64)))
+    cuda_backend.relayout(other_values, other_meta, cuda_backend.SP16, 32, 64)
+    assert len(calls) == 3

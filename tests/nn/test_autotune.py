@@ -61,7 +61,7 @@ def test_cache_reuse_in_memory_on_disk_and_by_bucket(tmp_path):
     assert timer.calls == 2
     data = json.loads(path.read_text())
     (section,) = data["environments"].values()
-    assert section["gpu"] == ENV["gpu"] and "sparse24_linear|M8|N16|K32|float32" in section["entries"]
+    assert section["gpu"] == ENV["gpu"] and "sparse24_linear|M8|N16|K32|float32|none|nobias" in section["entries"]
     # a new process (fresh tuner) reads the file and measures nothing
     timer_b = FakeTimer({"triton": 9.0, "dense": 0.1})
     fresh = autotune.Autotuner(timer=timer_b, path=path, environment=ENV, can_measure=lambda: True)
@@ -130,14 +130,43 @@ def test_failing_candidate_is_skipped(tmp_path, caplog):
     assert name == "dense" and "out of shared memory" in caplog.text
 
 
+def test_epilogue_is_part_of_the_key():
+    x, values, meta, _, _ = _args()
+    plain = autotune.entry_key("sparse24_linear", (x, values, meta, None, "none"))
+    assert plain.endswith("|none|nobias")
+    assert autotune.entry_key("sparse24_linear", (x, values, meta, randn(16), "gelu")) != plain
+
+
+def test_losing_dense_drops_its_decompressed_copy(tmp_path):
+    """Measuring dense decompresses the weight into its cache; when dense loses, that copy
+    must go, or every sparse layer would keep a dense duplicate."""
+    args = _args()
+    timer = FakeTimer({"triton": 0.1, "dense": 0.5})
+    dense_kernel = registry.get_backend("dense").kernels["sparse24_linear"].fn
+
+    def candidates():
+        def triton_like(*a):
+            timer.ran.append("triton")
+
+        def dense_like(*a):
+            dense_kernel(*a)  # fills dense's cache, as a real measurement would
+            timer.ran.append("dense")
+
+        return [("triton", triton_like), ("dense", dense_like)]
+
+    tuner = autotune.Autotuner(timer=timer, path=tmp_path / "e.json", environment=ENV, can_measure=lambda: True)
+    assert tuner.choose("sparse24_linear", args, candidates) == "triton"
+    assert args[1] not in dense._CACHE
+
+
 def test_entry_keys():
     x = randn(2, 16, 8, 8)
     _, values, meta = sparse_weight((32, 144))
     conv_args = (x, values, meta, None, [32, 16, 3, 3], [1, 1], [1, 1], [1, 1], "none")
     assert autotune.entry_key("sparse24_conv2d", conv_args) == (
-        "sparse24_conv2d|B2|C16|H8|W8|K32|R3|S3|stride1x1|pad1x1|dil1x1|nchw|float32")
+        "sparse24_conv2d|B2|C16|H8|W8|K32|R3|S3|stride1x1|pad1x1|dil1x1|nchw|float32|none|nobias")
     w_q, s = quantize_weight_int8(randn(16, 32))
-    assert autotune.entry_key("int8_linear", (randn(3, 4, 32), w_q, s, None, None)) == "int8_linear|M16|N16|K32|float32|dynamic_x"
+    assert autotune.entry_key("int8_linear", (randn(3, 4, 32), w_q, s, None, None)) == "int8_linear|M16|N16|K32|float32|nobias|dynamic_x"
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
