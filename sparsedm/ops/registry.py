@@ -80,6 +80,7 @@ class Backend:
     # that `import sparsedm` does not pay for importing triton or the extension.
     loader: Optional[Callable[[], None]] = None
     load_error: Optional[str] = None
+    _probed: Optional[tuple] = field(default=None, repr=False)
 
     def _load(self) -> None:
         loader, self.loader = self.loader, None
@@ -90,10 +91,14 @@ class Backend:
                 self.load_error = f"loading its kernels failed: {type(exc).__name__}: {exc}"
 
     def unavailable_reason(self) -> Optional[str]:
-        try:
-            reason = self.probe()
-        except Exception as exc:  # a probe must never take the process down
-            reason = f"probe failed: {type(exc).__name__}: {exc}"
+        # Probes ask about the machine and the install, which do not change while the process
+        # runs: probe once, since this is on every op call's path.
+        if self._probed is None:
+            try:
+                self._probed = (self.probe(),)
+            except Exception as exc:  # a probe must never take the process down
+                self._probed = (f"probe failed: {type(exc).__name__}: {exc}",)
+        reason = self._probed[0]
         if reason is None:
             self._load()
             reason = self.load_error
@@ -114,7 +119,7 @@ def register_backend(
     """Register (or replace the probe and loader of) a backend; returns it."""
     if name in _BACKENDS:
         backend = _BACKENDS[name]
-        backend.summary, backend.probe, backend.loader = summary, probe, loader
+        backend.summary, backend.probe, backend.loader, backend._probed = summary, probe, loader, None
     else:
         backend = _BACKENDS[name] = Backend(name, summary, probe, loader=loader)
     return backend
