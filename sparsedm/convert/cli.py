@@ -84,21 +84,3 @@ def file_info(path: str, as_json: bool = False, debug: bool = False) -> int:
     else:
         print(format_report(report))
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m sparsedm.convert.cli``) until the lead wires it into ``sparsedm``."""
-    parser = argparse.ArgumentParser(prog="sparsedm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    info = sub.add_parser("info")
-    info.add_argument("file")
-    info.add_argument("--json", action="store_true")
-    info.add_argument("--debug", action="store_true")
-    info.set_defaults(func=lambda a: file_info(a.file, a.json, a.debug))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
