@@ -24,6 +24,8 @@ The update rules, with lambda = log(alpha / sigma) and h = lambda_t - lambda_s:
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Callable, Optional, Sequence
 
@@ -38,7 +40,7 @@ from sparsedm.sampling.schedules import (Schedule, ScheduleError, TimePoint, VPL
 Progress = Optional[Callable[[int], None]]
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """Base class. Subclasses implement ``grid()`` and ``_run(den, z, grid, net_t, noise, progress)``."""
 
     kind = "base"
@@ -96,8 +98,9 @@ class Sampler:
         # a view of a device tensor: no host round trip
         return net_t[k].expand(batch)
 
+    @abc.abstractmethod
     def _run(self, den, z, grid, net_t, noise, progress):
-        raise NotImplementedError
+        """The solver loop from z at grid[0] to grid[-1]; returns the final sample."""
 
     def describe(self) -> str:
         return f"{self.kind}, {self.steps} steps, prediction {self.prediction}, time input {self.time_input}"

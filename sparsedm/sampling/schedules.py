@@ -20,6 +20,7 @@ Schedules (``"name"`` in the sampler config's ``"schedule"`` dict, docs/SAMPLING
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -31,15 +32,16 @@ class ScheduleError(ValueError):
     """A schedule or time-grid setting that cannot be used; the message says how to fix it."""
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """Base class: continuous schedules implement ``log_alpha(t)`` and ``inverse_lambda``."""
 
     discrete = False
     #: time at the noisy end
     t_max = 1.0
 
+    @abc.abstractmethod
     def log_alpha(self, t: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """log(alpha_t) of the VP process at times ``t``."""
 
     def alpha_sigma(self, t) -> tuple[np.ndarray, np.ndarray]:
         la = self.log_alpha(np.asarray(t, dtype=np.float64))
@@ -51,8 +53,9 @@ class Schedule:
         la = self.log_alpha(np.asarray(t, dtype=np.float64))
         return la - 0.5 * np.log(-np.expm1(2.0 * la))
 
+    @abc.abstractmethod
     def inverse_lambda(self, lam: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The time t at which lambda(t) = log(alpha_t / sigma_t) equals ``lam``."""
 
     def logsnr(self, t) -> np.ndarray:
         return 2.0 * self.lambda_(t)
