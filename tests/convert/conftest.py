@@ -23,7 +23,7 @@ def dir_listing(path):
 def make_uvit(qkv_bias=True, seed=0, **overrides):
     torch.manual_seed(seed)
     config = {**toy_models.UVIT_CONFIG, "qkv_bias": qkv_bias, **overrides}
-    return toy_models.MiniUViT(**config).eval(), config
+    return toy_models.build_uvit(config, device="cpu").eval(), config
 
 
 def make_unet(seed=0):

@@ -1,8 +1,7 @@
-"""Tiny stand-ins with the exact key formats of the real checkpoints (U-ViT / SparseDM U-ViT,
-and a DDPM-style UNet with a 3-channel input conv), registered as converter architectures.
-
-They keep the tests independent of the full models in sparsedm.models; the forward passes
-are simplified, but every key, shape and layer type a reader and the loader touch is real.
+"""Tiny architectures registered as converter architectures for the tests: the real U-ViT of
+sparsedm.models at a tiny size, and a small DDPM-style UNet in another key format (ermongroup
+naming, a 3-channel input conv and a 12-channel path whose K is not a multiple of 8), which
+also exercises registering an architecture sparsedm does not ship.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsedm.convert.arch import Architecture, register_architecture
+from sparsedm.models import build, sparse_layer_names
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -23,88 +23,9 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim, num_heads, qkv_bias):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, l, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, l, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, c)
-        return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, skip=False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
-
-    def forward(self, x, skip=None):
-        if self.skip_linear is not None:
-            x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class MiniUViT(nn.Module):
-    """U-ViT's structure and key names (baofff/U-ViT libs/uvit.py), small."""
-
-    def __init__(self, img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=3, num_heads=2, mlp_ratio=4.0,
-                 qkv_bias=False, conv=True):
-        super().__init__()
-        self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
-        num_patches = (img_size // patch_size) ** 2
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + num_patches, embed_dim) * 0.02)
-        self.in_blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth // 2)])
-        self.mid_block = Block(embed_dim, num_heads, mlp_ratio, qkv_bias)
-        self.out_blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, skip=True) for _ in range(depth // 2)])
-        self.norm = nn.LayerNorm(embed_dim)
-        self.decoder_pred = nn.Linear(embed_dim, patch_size ** 2 * in_chans)
-        self.final_layer = nn.Conv2d(in_chans, in_chans, 3, padding=1) if conv else nn.Identity()
-
-    def forward(self, x, timesteps):
-        b, c, h, w = x.shape
-        p = self.patch_size
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        t = timestep_embedding(timesteps, self.embed_dim).unsqueeze(1)
-        x = torch.cat([t, x], dim=1) + self.pos_embed
-        skips = []
-        for blk in self.in_blocks:
-            x = blk(x)
-            skips.append(x)
-        x = self.mid_block(x)
-        for blk in self.out_blocks:
-            x = blk(x, skips.pop())
-        x = self.decoder_pred(self.norm(x))[:, 1:]
-        x = x.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
-        return self.final_layer(x)
-
-
 def uvit_sparse_layers(model):
-    names = []
-    for name, _ in model.named_modules():
-        if name.endswith(("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")):
-            names.append(name)
-    return names
+    """SparseDM's 2:4 layers of a U-ViT (the real definition in sparsedm.models)."""
+    return sparse_layer_names("uvit", model)
 
 
 def uvit_infer_config(sd):
@@ -169,9 +90,14 @@ UVIT_CONFIG = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=3, 
 UNET_CONFIG = dict(in_channels=3, ch=16, mid=12)
 
 
+def build_uvit(config, device="meta"):
+    """The real U-ViT (sparsedm.models) at a tiny size."""
+    return build("uvit", config, device=device)
+
+
 def register():
     register_architecture(Architecture(
-        name="toy_uvit", build=_build(MiniUViT), sparse_layers=uvit_sparse_layers, infer_config=uvit_infer_config,
+        name="toy_uvit", build=build_uvit, sparse_layers=uvit_sparse_layers, infer_config=uvit_infer_config,
         looks_like=lambda keys: "pos_embed" in keys and "patch_embed.proj.weight" in keys,
         presets={"toy-uvit": {"arch": "toy_uvit", "config": UVIT_CONFIG, "resolution": 8, "in_channels": 3,
                               "sampler": {"kind": "euler_maruyama", "steps": 1000, "schedule": {"name": "vpsde", "beta_min": 0.1, "beta_max": 20.0},
