@@ -114,17 +114,25 @@ def _bias32(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if bias is None else bias.to(torch.float32).contiguous()
 
 
-# ---- sparse24_linear ----------------------------------------------------------------------
-
-
-def supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str]:
+def _float_input_reason(op: str, x, values, meta, bias) -> Optional[str]:
+    """What the fp16/bf16 2:4 kernels (GEMM and conv) need of every call."""
     reason = _device_reason(x, values, meta, bias)
     if reason:
         return reason
     if x.dtype not in FLOAT16:
-        return f"sparse24_linear: the cuda kernel takes float16 or bfloat16 x, got {x.dtype}"
+        return f"{op}: the cuda kernel takes float16 or bfloat16 x, got {x.dtype}"
     if x.numel() == 0:
-        return "sparse24_linear: empty input"
+        return f"{op}: empty input"
+    return None
+
+
+# ---- sparse24_linear ----------------------------------------------------------------------
+
+
+def supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str]:
+    reason = _float_input_reason("sparse24_linear", x, values, meta, bias)
+    if reason:
+        return reason
     return _shape_reason("sparse24_linear", values.shape[0], 2 * values.shape[1], SP16)
 
 
@@ -193,13 +201,9 @@ def conv_k_padded(k: int) -> int:
 
 
 def supports_sparse24_conv2d(x, values, meta, bias, weight_shape, stride, padding, dilation, activation="none") -> Optional[str]:
-    reason = _device_reason(x, values, meta, bias)
+    reason = _float_input_reason("sparse24_conv2d", x, values, meta, bias)
     if reason:
         return reason
-    if x.dtype not in FLOAT16:
-        return f"sparse24_conv2d: the cuda kernel takes float16 or bfloat16 x, got {x.dtype}"
-    if x.numel() == 0:
-        return "sparse24_conv2d: empty input"
     cout, cin = weight_shape[0], weight_shape[1]
     if x.dim() == 4 and x.shape[1] != cin:
         return f"sparse24_conv2d: x has {x.shape[1]} channels but the weight {cin}; the cuda kernel is groups=1 only"
