@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -50,6 +51,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance, U-ViT form: cond + s (cond - uncond)")
     p.add_argument("--class-label", type=int, default=None, help="sample this class only (default: random per sample)")
     p.add_argument("--sampler-json", default=None, help="a JSON sampler config (docs/SAMPLING.md) replacing the model's")
+    p.add_argument("--autoencoder", default=None,
+                   help="latent models: the KL autoencoder that decodes latents to images, a diffusers AutoencoderKL "
+                   "folder or its state_dict file (U-ViT's autoencoder_kl.pth works); needs diffusers")
+    p.add_argument("--latent-scale", type=float, default=None,
+                   help="latents are divided by this before decoding (default: the model's autoencoder_scale, "
+                   "else the autoencoder's scaling_factor, else 0.18215)")
+    p.add_argument("--context", default=None,
+                   help="text models: .npy of CLIP text embeddings, [77, 768] or [P, 77, 768]; sample i uses prompt i %% P")
+    p.add_argument("--uncond-context", default=None,
+                   help="text models: .npy [77, 768] of the empty prompt, for classifier-free guidance "
+                   "(U-ViT's empty_context.npy)")
     p.add_argument("--cuda-graph", action="store_true", help="replay the network from a CUDA graph (static shapes)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (conv models)")
@@ -121,7 +133,14 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype) -> di
               file=sys.stderr)
     model = model.to(device=device, dtype=dtype).eval()
     return {"model": model, "sampler": p.get("sampler"), "shape": (p["in_channels"], p["resolution"], p["resolution"]),
-            "num_classes": max(int(p["config"].get("num_classes", 0) or 0), 0)}
+            "num_classes": max(int(p["config"].get("num_classes", 0) or 0), 0), "context_shape": _context_shape(p["config"])}
+
+
+def _context_shape(config: dict) -> Optional[tuple[int, int]]:
+    """(tokens, dim) of a text-conditional U-ViT's context, None for other models."""
+    if not config.get("clip_dim"):
+        return None
+    return int(config.get("num_clip_token", 77)), int(config["clip_dim"])
 
 
 def _load_converted(path: str, device: str, dtype, backend: Optional[str]) -> dict:
@@ -139,7 +158,8 @@ def _load_converted(path: str, device: str, dtype, backend: Optional[str]) -> di
     if not res or not ch:
         raise SampleError(f"{path}: the manifest records no resolution/in_channels", "re-convert with --preset NAME")
     return {"model": loaded.model.eval(), "sampler": loaded.sampler, "shape": (int(ch), int(res), int(res)),
-            "num_classes": max(int((arch.get("config") or {}).get("num_classes", 0) or 0), 0)}
+            "num_classes": max(int((arch.get("config") or {}).get("num_classes", 0) or 0), 0),
+            "context_shape": _context_shape(arch.get("config") or {})}
 
 
 def _sampler_config(args, loaded: dict) -> dict:
@@ -166,6 +186,62 @@ def _sampler_config(args, loaded: dict) -> dict:
     if cfg.get("cfg_scale") and loaded.get("num_classes") and cfg.get("null_class") is None:
         cfg["null_class"] = loaded["num_classes"]  # U-ViT: the extra label embedding row
     return cfg
+
+
+def _latent_decoder(args, shape: tuple, sampler_cfg: dict, device: str):
+    """The autoencoder of a latent model (None for pixel models); errors name what to pass."""
+    from sparsedm.sampling.latent import LatentError, load_autoencoder
+
+    channels = shape[0]
+    if args.autoencoder is None:
+        if args.latent_scale is not None:
+            raise SampleError("--latent-scale goes with --autoencoder", "add --autoencoder, or drop --latent-scale")
+        if channels in (1, 3):
+            return None
+        if channels == 4:
+            raise SampleError("this is a latent model (4 channels): its samples are latents, which need the model's "
+                              "autoencoder to become images",
+                              "pass --autoencoder PATH (a diffusers AutoencoderKL folder such as a local sd-vae-ft-ema, "
+                              "or U-ViT's autoencoder_kl.pth)")
+        raise SampleError(f"{channels}-channel outputs cannot be saved as images", "sample a pixel or latent image model")
+    scale = args.latent_scale if args.latent_scale is not None else sampler_cfg.get("autoencoder_scale")
+    try:
+        ae = load_autoencoder(args.autoencoder, device=device, dtype=torch.float32, scale=scale)
+    except LatentError as e:
+        raise SampleError(*e.args) from None
+    latent = int(ae.vae.config.latent_channels)
+    if latent != channels:
+        raise SampleError(f"--autoencoder {args.autoencoder} decodes {latent}-channel latents, the model samples "
+                          f"{channels} channels", "pass the autoencoder the model was trained with")
+    return ae
+
+
+def _text_contexts(args, loaded: dict, sampler_cfg: dict):
+    """(contexts [P, T, D], uncond [T, D]) for text models; (None, None) otherwise."""
+    from sparsedm.sampling.latent import LatentError, load_contexts
+
+    ctx_shape = loaded.get("context_shape")
+    if ctx_shape is None:
+        if args.context or args.uncond_context:
+            raise SampleError("--context/--uncond-context are for text-conditional models; this model takes none",
+                              "drop them (class-conditional models take --class-label)")
+        return None, None
+    if not args.context:
+        raise SampleError(f"this model is text-conditional: it needs prompt embeddings [{ctx_shape[0]}, {ctx_shape[1]}]",
+                          "pass --context prompts.npy (CLIP text embeddings, as U-ViT precomputes them)")
+    guided = bool(sampler_cfg.get("cfg_scale"))
+    if guided and not args.uncond_context:
+        raise SampleError(f"classifier-free guidance (cfg_scale {sampler_cfg.get('cfg_scale')}) needs the empty "
+                          "prompt's embedding", "pass --uncond-context empty_context.npy, or --cfg-scale 0")
+    try:
+        contexts = load_contexts(args.context, *ctx_shape)
+        uncond = load_contexts(args.uncond_context, *ctx_shape, what="--uncond-context") if args.uncond_context else None
+    except LatentError as e:
+        raise SampleError(*e.args) from None
+    if uncond is not None and uncond.shape[0] != 1:
+        raise SampleError(f"--uncond-context {args.uncond_context} holds {uncond.shape[0]} embeddings",
+                          "pass the one embedding of the empty prompt")
+    return contexts, (uncond[0] if uncond is not None and guided else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,12 +308,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         loaded = _load_converted(args.model, device, dtype, args.backend)
     shape = tuple(int(s) for s in loaded["shape"])
-    if shape[0] not in (1, 3, 4):
-        raise SampleError(f"{shape[0]}-channel outputs cannot be saved as images")
-    if shape[0] == 4:
-        raise SampleError("this is a latent model (4 channels): decoding latents needs the autoencoder, which sparsedm "
-                          "does not ship yet", "sample a pixel-space model")
-    sampler = from_config(_sampler_config(args, loaded))
+    sampler_cfg = _sampler_config(args, loaded)
+    contexts, uncond_context = _text_contexts(args, loaded, sampler_cfg)
+    decoder = _latent_decoder(args, shape, sampler_cfg, device)
+    sampler = from_config(sampler_cfg)
     num_classes = int(loaded.get("num_classes", 0) or 0)
     if args.class_label is not None and not 0 <= args.class_label < max(num_classes, 1):
         raise SampleError(f"--class-label {args.class_label} is out of range", f"the model has {num_classes} classes")
@@ -264,12 +338,16 @@ def _run(args: argparse.Namespace) -> int:
     with use_backend(args.backend):  # forces the sparse layers' backend for presets/factories too
         images, labels = generate(model, sampler, shape, args.num_samples, args.seed, device=device,
                                   batch_size=args.batch_size, num_classes=num_classes, class_label=args.class_label,
-                                  dtype=dtype, channels_last=args.channels_last, dist_info=d, progress=bar.update)
+                                  dtype=dtype, channels_last=args.channels_last, dist_info=d, progress=bar.update,
+                                  contexts=contexts, uncond_context=uncond_context,
+                                  decode=decoder.decode if decoder is not None else None)
     bar.close()
     elapsed = time.perf_counter() - t0
     if d.rank == 0:
         if args.npz:
             extra = {"labels": labels} if labels is not None else {}
+            if contexts is not None:
+                extra["prompt_index"] = np.arange(args.num_samples, dtype=np.int64) % contexts.shape[0]
             write_npz(args.npz, images, **extra)
         if args.output:
             grid = make_grid(images[: args.grid_max])

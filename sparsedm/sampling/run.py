@@ -73,30 +73,45 @@ def shard(n: int, world: int, rank: int, batch_size: int) -> tuple[list[list[int
 def generate(model: Callable, sampler: Sampler, shape: Sequence[int], n: int, seed: int, *, device="cpu",
              batch_size: int = 64, num_classes: int = 0, class_label: Optional[int] = None,
              dtype: Optional[torch.dtype] = None, channels_last: bool = False, dist_info: Optional[DistInfo] = None,
-             progress: Optional[Callable[[int], None]] = None, output: str = "uint8"
+             progress: Optional[Callable[[int], None]] = None, output: str = "uint8",
+             contexts: Optional[torch.Tensor] = None, uncond_context: Optional[torch.Tensor] = None,
+             decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
              ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Sample n images; returns (images, labels) on rank 0 and (None, None) on other ranks.
 
     images: uint8 [n, H, W, C] (``output="uint8"``) or float32 [n, C, H, W] (``"float"``).
+    contexts: text models, [P, tokens, dim] prompt embeddings; sample i is conditioned on
+    prompt i % P (the network's ``context`` argument). uncond_context: [tokens, dim], the
+    unconditional branch of classifier-free guidance.
+    decode: applied to each batch of final latents (latent models: the autoencoder's decoder,
+    latent.Autoencoder.decode), so only images, never all latents, are kept.
     """
     d = dist_info or DistInfo()
     device = torch.device(device)
     batches, bs = shard(n, d.world, d.rank, batch_size)
     gather_device = device if (d.active and dist.get_backend() == "nccl") else torch.device("cpu")
-    result = labels_out = None
-    if d.rank == 0:
-        out_shape = (n, shape[1], shape[2], shape[0]) if output == "uint8" else (n, *shape)
-        result = np.zeros(out_shape, dtype=np.uint8 if output == "uint8" else np.float32)
-        labels_out = np.zeros((n,), dtype=np.int64) if num_classes else None
+    result = None  # allocated on rank 0 from the first batch (decoded images have their own size)
+    labels_out = np.zeros((n,), dtype=np.int64) if (d.rank == 0 and num_classes) else None
     noise = StepNoise(batches[0], shape, device) if sampler.stochastic else None
+    ctx_dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
     for idx in batches:
         x_T, labels = per_sample_inputs(idx, seed, shape, num_classes, class_label)
         cond = {"y": labels.to(device)} if labels is not None else {}
+        uncond = None
+        if contexts is not None:
+            pick = torch.tensor(idx, dtype=torch.int64) % contexts.shape[0]
+            cond["context"] = contexts[pick].to(device=device, dtype=ctx_dtype)
+            if uncond_context is not None:
+                uncond = {"context": uncond_context.to(device=device, dtype=ctx_dtype).expand(len(idx), -1, -1)}
         if noise is not None:
             noise.set_seeds([seed + i for i in idx])
-        z = sampler.sample(model, x_T.to(device), cond=cond, noise=noise, dtype=dtype, channels_last=channels_last,
-                           progress=progress)
+        z = sampler.sample(model, x_T.to(device), cond=cond, uncond=uncond, noise=noise, dtype=dtype,
+                           channels_last=channels_last, progress=progress)
+        if decode is not None:
+            z = decode(z)
         img = to_uint8(z) if output == "uint8" else z.float().contiguous()
+        if d.rank == 0 and result is None:
+            result = np.zeros((n, *img.shape[1:]), dtype=np.uint8 if output == "uint8" else np.float32)
         idx_t = torch.tensor(idx, dtype=torch.int64)
         lab_t = labels if labels is not None else torch.zeros(len(idx), dtype=torch.int64)
         if d.active:

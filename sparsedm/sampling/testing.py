@@ -116,3 +116,24 @@ def gaussian_for(cfg: dict, mu: float = 0.5, std: float = 0.3) -> GaussianDenois
                             mu, std)
 
 
+
+
+def tiny_latent_factory(device="cpu", dtype=torch.float32, resolution: int = 4, **_) -> dict:
+    """A 4-channel latent stand-in (decode its samples with ``--autoencoder``)."""
+    model = TinyConvNet(4, 16).to(device=device, dtype=dtype).eval()
+    sampler = {"kind": "dpm_solver++", "steps": 6, "order": 2, "prediction": "eps",
+               "schedule": {"name": "scaled_linear"}, "time_input": {"kind": "step_index", "scale": 1.0},
+               "autoencoder_scale": 0.5}
+    return {"model": model, "sampler": sampler, "shape": (4, resolution, resolution), "num_classes": 0}
+
+
+def tiny_text_factory(device="cpu", dtype=torch.float32, **_) -> dict:
+    """A tiny text-conditional U-ViT (context [5, 16]) in latent space, guided with cfg_scale 1."""
+    from sparsedm.models.uvit import UViT
+
+    torch.manual_seed(0)
+    model = UViT(img_size=4, patch_size=2, in_chans=4, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2, qkv_bias=False,
+                 clip_dim=16, num_clip_token=5).to(device=device, dtype=dtype).eval()
+    sampler = {"kind": "dpm_solver++", "steps": 5, "order": 2, "prediction": "eps", "cfg_scale": 1.0,
+               "schedule": {"name": "scaled_linear"}, "time_input": {"kind": "step_index", "scale": 1.0}}
+    return {"model": model, "sampler": sampler, "shape": (4, 4, 4), "num_classes": 0, "context_shape": (5, 16)}
