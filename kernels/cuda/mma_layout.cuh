@@ -58,11 +58,17 @@ SPARSEDM_HD int b_token(int lane) { return lane_group(lane); }
 // g + 8*(r & 1): groups 2t + 8*(r >> 1) (low 16 bits) and that + 1 (high 16 bits).
 SPARSEDM_HD int sp8_a_row(int lane, int r) { return lane_group(lane) + 8 * (r & 1); }
 SPARSEDM_HD int sp8_a_group(int lane, int r) { return 2 * lane_in_group(lane) + 8 * (r >> 1); }
-// Metadata, selector 0, all four lanes of a quad: bits [15:0] = groups 4t..4t+3 of row g,
-// bits [31:16] = the same groups of row g + 8 (see docs: this mapping is the one part of the
-// int8 sparse path that the CUTLASS cross-check does not pin down; GPU test required).
-SPARSEDM_HD int sp8_meta_first_group(int lane) { return 4 * lane_in_group(lane); }
-SPARSEDM_HD int sp8_meta_row(int lane, int half) { return lane_group(lane) + 8 * half; }
+// Metadata, selector 0 (the only legal value for k64 s8), all four lanes of a quad. Unlike
+// SP16, a lane's word covers ONE row: the 8 nibbles (group 8*(t >> 1) lowest, bits [3:0]) of
+// 8 consecutive groups, i.e. 32 logical k, of row g + 8*(t & 1):
+//   t = 0: row g, k 0..31   t = 1: row g+8, k 0..31   t = 2: row g, k 32..63   t = 3: row g+8, k 32..63
+// Sources (docs/KERNELS.md, "Fragment maps: sources"): PTX ISA "Sparse matrix storage" (all
+// four threads, selector 0) and the m16n8k64 .u8/.s8 metadata figures; CUTLASS's int8 E
+// layout (reorder_meta rows g, g+8 adjacent + 2x2 swizzle, ColumnMajorInterleaved<2>, ldmatrix
+// in SparseMmaTensorOpMetaTileIterator), checked by tests/cuda/test_emulator_cutlass.py.
+// Half h of the word (h = 0: bits [15:0]) holds groups sp8_meta_first_group(lane, h) .. +3.
+SPARSEDM_HD int sp8_meta_row(int lane) { return lane_group(lane) + 8 * (lane_in_group(lane) & 1); }
+SPARSEDM_HD int sp8_meta_first_group(int lane, int half) { return 8 * (lane_in_group(lane) >> 1) + 4 * half; }
 // B (64 k x 8 tokens): register r holds k = 4t + 16r .. +3 of token g (lowest byte first).
 SPARSEDM_HD int sp8_b_k(int lane, int r) { return 4 * lane_in_group(lane) + 16 * r; }
 
@@ -156,15 +162,16 @@ SPARSEDM_HD void d8_a_source(int kb, int mt, int s, int lane, int r, int* row, i
 }
 // Metadata: a 16-bit half = 4 consecutive groups of one row = 2 canonical meta bytes (the even
 // group in the low nibble, as the hardware wants the lower group in the lower bits), starting
-// at byte column first_group / 2 (first_group is a multiple of 4).
+// at byte column first_group / 2 (first_group is a multiple of 4). SP16: the halves are rows
+// g and g + 8; SP8: the same row, groups q0..q0+3 and q0+4..q0+7 (4 consecutive bytes).
 SPARSEDM_HD void sp16_meta_source(int kb, int mt, int e, int s, int half, int* row, int* first_group) {
   const int lane = 4 * (e >> 1) + (e & 1);  // a lane that owns entry e
   *row = mt * 16 + sp16_meta_row(lane, half);
   *first_group = kb * 16 + s * 8 + sp16_meta_first_group(lane);
 }
 SPARSEDM_HD void sp8_meta_source(int kb, int mt, int e, int s, int half, int* row, int* first_group) {
-  *row = mt * 16 + sp8_meta_row(e, half);
-  *first_group = kb * 32 + s * 16 + sp8_meta_first_group(e);
+  *row = mt * 16 + sp8_meta_row(e);
+  *first_group = kb * 32 + s * 16 + sp8_meta_first_group(e, half);
 }
 
 // ---- implicit-GEMM conv gather (docs/KERNELS.md, "CUDA implicit-GEMM 2:4 conv") -----------

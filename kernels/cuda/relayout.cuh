@@ -57,7 +57,8 @@ SPARSEDM_HD long a_source_word(long idx, int N, int K) {
 }
 
 // Re-laid-out metadata word `idx` assembled from canonical meta uint8 [N, K/8]: two 16-bit
-// halves (rows g and g + 8), each = 2 consecutive canonical bytes, low byte first.
+// halves, each = 2 consecutive canonical bytes (4 groups of one row), low byte first. SP16:
+// halves = rows g and g + 8; SP8: one row, 8 consecutive groups (mma_layout.cuh, sp8_meta_*).
 template <int kFamily>
 SPARSEDM_HD uint32_t meta_word(long idx, const uint8_t* meta, int N, int K) {
   const int n_tiles = N / 16;

@@ -56,12 +56,16 @@ inline void mma_sp_m16n8k32(const double a[32][8], const double b[32][8], const 
     }
 }
 
-// Metadata of m16n8k64 s8 (selector 0, all four threads of a quad): thread t of quad g holds
-// bits [16h + 4q + 3 : 16h + 4q] = nibble of row g + 8h, group 4t + q. (Not pinned by the
-// CUTLASS cross-check, which checks the nibble encoding only: see docs.)
+// Metadata of m16n8k64 s8 (selector 0, all four threads of a quad contribute). A thread's
+// 32 bits are 8 nibbles of ONE row: thread t of quad g holds row g + 8 * (t & 1), groups
+// 8 * (t >> 1) + q (logical k 32 * (t >> 1) .. +31) at bits [4q + 3 : 4q], q in [0, 8).
+// PTX ISA "Sparse matrix storage" (integer types: all four threads, selector 0) and the
+// m16n8k64 .u8/.s8 metadata figures ("columns 0-31" held by T0 = row 0, T1 = row 8); the same
+// thread map follows from CUTLASS's int8 metadata storage + ldmatrix load, which
+// tests/cuda/test_emulator_cutlass.py feeds straight into this function.
 inline int sp8_meta_index(const uint32_t e[32], int row, int j, int which) {
-  const int g = row % 8, h = row / 8, t = j / 4, q = j % 4;
-  return static_cast<int>((e[4 * g + t] >> (16 * h + 4 * q + 2 * which)) & 3u);
+  const int g = row % 8, h = row / 8, half_k = j / 8, q = j % 8;
+  return static_cast<int>((e[4 * g + 2 * half_k + h] >> (4 * q + 2 * which)) & 3u);
 }
 
 // m16n8k64 sparse s8 -> s32.

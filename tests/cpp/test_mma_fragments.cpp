@@ -252,9 +252,92 @@ bool run_int8(int bug) {
   return ok;
 }
 
+// ---- metadata thread maps against tables transcribed from the sources ----------------------
+// For quad 0 (lanes 0..3), which row and which first group the 32 metadata bits of each lane
+// cover (PTX ISA metadata figures for m16n8k32 f16/bf16 and m16n8k64 s8, cross-read with
+// CUTLASS's metadata storage, see docs/KERNELS.md "Fragment maps: sources"); quad g adds g to
+// every row. Each entry: {row of bits [15:0], first group of [15:0], row of [31:16], first
+// group of [31:16]}; a half holds 4 consecutive groups, the first in bits [3:0].
+struct MetaHalves {
+  int row0, group0, row1, group1;
+};
+// m16n8k32 f16/bf16, selector 0: lanes 0, 1 (2, 3 belong to selector 1 and are not read).
+const MetaHalves kSp16Quad0[2] = {{0, 0, 8, 0}, {0, 4, 8, 4}};
+// m16n8k64 s8, selector 0: all four lanes, each one row and 8 consecutive groups (32 k).
+const MetaHalves kSp8Quad0[4] = {{0, 0, 0, 4}, {8, 0, 8, 4}, {0, 8, 0, 12}, {8, 8, 8, 12}};
+
+// The (row, group) a table assigns to nibble q (0..7) of `lane`.
+void table_slot(const MetaHalves* quad0, int lane, int q, int* row, int* group) {
+  const MetaHalves& h = quad0[lane & 3];
+  *row = (lane >> 2) + (q < 4 ? h.row0 : h.row1);
+  *group = (q < 4 ? h.group0 : h.group1) + (q & 3);
+}
+
+// Emulator side: a single marked nibble (0b1110: kept 2, 3) in lane L, slot q, every other
+// nibble 0: the emulator must read index 2 at exactly the table's (row, group).
+bool emulator_meta_map_matches_table(bool sp8) {
+  bool ok = true;
+  const int lanes_used = sp8 ? 4 : 2, groups = sp8 ? 16 : 8;
+  for (int lane = 0; lane < 32; ++lane) {
+    if ((lane & 3) >= lanes_used) continue;
+    for (int q = 0; q < 8; ++q) {
+      uint32_t e[32] = {};
+      e[lane] = 0xEu << (4 * q);
+      int want_row, want_group;
+      table_slot(sp8 ? kSp8Quad0 : kSp16Quad0, lane, q, &want_row, &want_group);
+      for (int row = 0; row < 16; ++row)
+        for (int j = 0; j < groups; ++j) {
+          const int idx = sp8 ? emu::sp8_meta_index(e, row, j, 0) : emu::sp16_meta_index(e, 0, row, j, 0);
+          ok = ok && idx == ((row == want_row && j == want_group) ? 2 : 0);
+        }
+    }
+  }
+  return ok;
+}
+
+// Kernel side: canonical meta of one 16-row tile and one stage (2 sparse steps) with every
+// group 0b0100 (kept 0, 1) except one (row, group) = 0b1110; the metadata registers the kernel
+// hands to mma.sp (load-time re-layout + read index) must carry the mark at the table's lane
+// and nibble, and nowhere else.
+bool kernel_meta_map_matches_table(bool sp8) {
+  const int K = sp8 ? layout::Sp8::kKPerStage : layout::Sp16::kKPerStage, N = 16;
+  const int groups_per_step = sp8 ? 16 : 8, lanes_used = sp8 ? 4 : 2;
+  bool ok = true;
+  for (int row = 0; row < 16; ++row)
+    for (int grp = 0; grp < K / 4; ++grp) {
+      std::vector<uint8_t> meta(N * K / 8, 0x44);
+      meta[row * (K / 8) + grp / 2] = static_cast<uint8_t>(grp % 2 ? 0xE4 : 0x4E);
+      int marks = 0;
+      for (int s = 0; s < 2; ++s)
+        for (int lane = 0; lane < 32; ++lane) {
+          if ((lane & 3) >= lanes_used) continue;
+          const long idx = sp8 ? layout::meta_word_index<layout::Sp8>(0, 0, 1, layout::Sp8::meta_entry(lane), s)
+                               : layout::meta_word_index<layout::Sp16>(0, 0, 1, layout::Sp16::meta_entry(lane), s);
+          const uint32_t w = sp8 ? relayout::meta_word<relayout::kSp8>(idx, meta.data(), N, K)
+                                 : relayout::meta_word<relayout::kSp16>(idx, meta.data(), N, K);
+          for (int q = 0; q < 8; ++q) {
+            const uint32_t nib = (w >> (4 * q)) & 0xF;
+            int trow, tgroup;
+            table_slot(sp8 ? kSp8Quad0 : kSp16Quad0, lane, q, &trow, &tgroup);
+            const bool marked_here = trow == row && s * groups_per_step + tgroup == grp;
+            ok = ok && nib == (marked_here ? 0xEu : 0x4u);
+            marks += nib == 0xEu;
+          }
+        }
+      ok = ok && marks == 1;
+    }
+  return ok;
+}
+
 }  // namespace
 
 int main() {
+  // Thread maps of the metadata registers: emulator and kernel each against the source tables
+  // (the SP8 check is the one that catches the "rows g / g+8 in the two halves" misreading).
+  check(emulator_meta_map_matches_table(false), "sp16: emulator metadata thread map == PTX/CUTLASS table");
+  check(emulator_meta_map_matches_table(true), "sp8: emulator metadata thread map == PTX/CUTLASS table");
+  check(kernel_meta_map_matches_table(false), "sp16: kernel metadata registers == PTX/CUTLASS table");
+  check(kernel_meta_map_matches_table(true), "sp8: kernel metadata registers == PTX/CUTLASS table");
   for (int rep = 0; rep < 3; ++rep) {
     check(run_sp16<false>(0), "sp16 f16: kernel fragment path == tile product");
     check(run_sp16<true>(0), "sp16 bf16: kernel fragment path == tile product");
