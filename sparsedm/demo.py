@@ -30,7 +30,7 @@ def demo_dir() -> str:
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every sparsedm module replaced by the plain layer it computes."""
+    """A copy of ``model`` with every sparsedm module replaced by the plain layer(s) it computes."""
     from sparsedm.nn import Int8Linear, Sparse24Int8Linear, SparseConv2d, SparseLinear
 
     dense = copy.deepcopy(model)
@@ -50,6 +50,10 @@ def densify(model: nn.Module) -> nn.Module:
                 layer.weight.copy_(weight)
                 if child.bias is not None:
                     layer.bias.copy_(child.bias)
+            act = getattr(child, "activation", "none")
+            if act != "none":  # an activation fused into the epilogue (optimize / load) runs after the layer
+                layer = nn.Sequential(layer, {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"),
+                                              "silu": nn.SiLU()}[act])
             setattr(parent, name, layer)
     return dense
 

@@ -115,11 +115,14 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, backend: str = "auto") -> LoadedModel:
+def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, backend: str = "auto",
+         fuse_activations: bool = True) -> LoadedModel:
     """Load a file written by ``sparsedm convert``.
 
     ``dtype=None`` keeps the file's dtypes; otherwise floating tensors (not int8 scales) are
     cast. ``backend`` is passed to the ``sparsedm::`` ops ("auto" lets the registry choose).
+    ``fuse_activations``: an activation module that only follows a 2:4 layer moves into that
+    layer's epilogue, as ``sparsedm.optimize`` does (sparsedm.nn.fuse_activations_in).
     """
     header = read_header(path)
     manifest = header.manifest
@@ -161,4 +164,8 @@ def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dt
     for name in leftover:  # non-persistent buffers (e.g. precomputed frequencies) are rebuilt on the device
         raise FileFormatError(f"{path}: {name} was not in the file", "re-convert the checkpoint")
     model = model.to(device).eval()
+    if fuse_activations:
+        from sparsedm.nn import fuse_activations_in
+
+        fuse_activations_in(model)
     return LoadedModel(model, manifest.get("sampler"), manifest, str(path))

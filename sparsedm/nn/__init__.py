@@ -2,7 +2,7 @@
 
 from sparsedm.ops import dense as _dense  # noqa: F401  (registers the dense backend's kernels)
 from sparsedm.nn.modules import Int8Linear, Sparse24Int8Linear, SparseConv2d, SparseLinear
-from sparsedm.nn.optimize import LayerReport, OptimizeReport, last_report, optimize
+from sparsedm.nn.optimize import LayerReport, OptimizeReport, fuse_activations_in, last_report, optimize
 
 __all__ = [
     "Int8Linear",
@@ -11,6 +11,7 @@ __all__ = [
     "Sparse24Int8Linear",
     "SparseConv2d",
     "SparseLinear",
+    "fuse_activations_in",
     "last_report",
     "optimize",
 ]

@@ -30,7 +30,7 @@ from sparsedm.ops import registry
 
 log = logging.getLogger("sparsedm.nn")
 
-__all__ = ["optimize", "last_report", "OptimizeReport", "LayerReport"]
+__all__ = ["optimize", "last_report", "fuse_activations_in", "OptimizeReport", "LayerReport"]
 
 DEFAULT_MIN_FEATURES = 64
 
@@ -51,6 +51,7 @@ class LayerReport:
     bytes_after: int
     backend: str
     reason: str
+    fused_activation: Optional[str] = None  # the activation now computed in the layer's epilogue
 
 
 @dataclass
@@ -180,6 +181,7 @@ def optimize(
     exclude: Union[None, str, Sequence[str]] = None,
     min_features: int = DEFAULT_MIN_FEATURES,
     example_inputs: Any = None,
+    fuse_activations: bool = True,
 ) -> nn.Module:
     """Swap eligible ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` in place; returns ``model``.
 
@@ -194,6 +196,12 @@ def optimize(
       (too small for a sparse or int8 kernel to gain);
     - ``example_inputs``: args tuple, kwargs dict or a tensor; when given, the report counts MACs
       for one forward pass on it (run once, before swapping).
+    - ``fuse_activations``: where a swapped ``SparseLinear`` / ``SparseConv2d`` feeds only an
+      activation module (``nn.GELU``, ``nn.SiLU``, or a parameter-free module that computes
+      exactly ``F.silu`` / ``F.gelu``) and nothing else reads its output, the activation moves
+      into the layer's epilogue and the activation module becomes ``nn.Identity`` (state_dict
+      keys do not change). Proven on the parent's ``torch.fx`` graph; parents that do not trace
+      are left as they are. The int8 ops have no activation epilogue, so int8 layers never fuse.
     """
     global _LAST_REPORT
     if quant not in (None, "int8"):
@@ -245,6 +253,14 @@ def optimize(
             if child is not None and id(child) in replacements:
                 setattr(parent, child_name, replacements[id(child)])
 
+    if fuse_activations and replacements:
+        rows = {r.name: r for r in report.rows}
+        name_of = {id(new): names[old] for old in names if id(old) in replacements for new in [replacements[id(old)]]}
+        for layer, (act, act_name) in fuse_activations_in(model, replacements.values()).items():
+            row = rows[name_of[id(layer)]]
+            row.fused_activation = act
+            row.reason += f"; {act} fused ({act_name} -> Identity)"
+
     _LAST_REPORT = report
     try:
         model.sparsedm_report = report
@@ -291,3 +307,103 @@ def _plan(name, module, is_linear, n, k, *, quant, prune, includes, excludes, mi
     if is_linear and quant == "int8":
         return "weight is not 2:4; int8 dense", lambda m, b: Int8Linear.from_dense(m, backend=b)
     return "weight is not 2:4 sparse (pass prune=True to mask it by the 2:4 rule)", None
+
+
+# --------------------------------------------------------------------------------------------
+# activation fusion
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces one module's own forward; every submodule call stays one call_module node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+_PROBE = torch.linspace(-8.0, 8.0, 1601)
+
+
+def _activation_of(module: nn.Module) -> Optional[str]:
+    """The fusable activation a module computes, or None. torch's own GELU/SiLU by type; other
+    parameter-free modules (e.g. a ``Swish`` class) only when their output equals the function's
+    bit for bit on a probe."""
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if type(module) is nn.SiLU:
+        return "silu"
+    if type(module).__module__.startswith("torch.") or list(module.parameters()) or list(module.buffers()):
+        return None
+    if module._modules:
+        return None
+    candidates = {"silu": torch.nn.functional.silu(_PROBE), "gelu": torch.nn.functional.gelu(_PROBE),
+                  "gelu_tanh": torch.nn.functional.gelu(_PROBE, approximate="tanh")}
+    try:
+        with torch.no_grad():
+            out = module(_PROBE.clone())
+    except Exception:  # anything a foreign module raises on a 1-D float tensor: not an activation
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != _PROBE.shape or out.dtype != _PROBE.dtype:
+        return None
+    hits = [name for name, ref in candidates.items() if torch.equal(out, ref)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_backward_hooks", None))
+
+
+def fuse_activations_in(model: nn.Module, layers: Optional[Iterable[nn.Module]] = None
+                        ) -> dict[nn.Module, tuple[str, str]]:
+    """Move ``act(layer(x))`` into the layer's epilogue wherever the parent's fx graph proves it
+    safe (see ``optimize(fuse_activations=...)``); ``layers``: the candidate SparseLinear /
+    SparseConv2d modules (default: all in ``model``). Returns {layer: (activation, name of the
+    activation module now replaced by nn.Identity)}.
+    """
+    layers = list(model.modules()) if layers is None else list(layers)
+    fusable = {id(m) for m in layers
+               if isinstance(m, (SparseLinear, SparseConv2d)) and m.activation == "none" and not _has_hooks(m)}
+    fused: dict[nn.Module, tuple[str, str]] = {}
+    if not fusable:
+        return fused
+    refs: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                refs[id(child)] = refs.get(id(child), 0) + 1
+    parent_names = {id(m): n for n, m in model.named_modules()}
+
+    for parent in list(model.modules()):
+        if not any(id(c) in fusable for c in parent._modules.values() if c is not None):
+            continue
+        try:
+            graph = _ChildrenAsLeaves().trace(parent)
+        except Exception as e:  # control flow on values, unsupported Python: no fusion here
+            log.debug("fuse_activations: %s does not trace (%s: %s)", type(parent).__name__, type(e).__name__, e)
+            continue
+        calls: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        for node in graph.nodes:
+            if node.op != "call_module" or "." in node.target:
+                continue
+            layer = parent._modules.get(node.target)
+            if layer is None or id(layer) not in fusable or calls[node.target] != 1 or refs.get(id(layer)) != 1:
+                continue
+            users = list(node.users)
+            if len(users) != 1 or users[0].op != "call_module" or "." in users[0].target:
+                continue
+            act_node = users[0]
+            act_mod = parent._modules.get(act_node.target)
+            if (act_mod is None or act_node.args != (node,) or act_node.kwargs or calls[act_node.target] != 1
+                    or refs.get(id(act_mod)) != 1 or _has_hooks(act_mod)):
+                continue
+            act = _activation_of(act_mod)
+            if act is None:
+                continue
+            layer.activation = act
+            setattr(parent, act_node.target, nn.Identity())
+            fusable.discard(id(layer))
+            prefix = parent_names.get(id(parent), "")
+            fused[layer] = (act, f"{prefix}.{act_node.target}" if prefix else act_node.target)
+    return fused

@@ -32,10 +32,9 @@ def uvit_inputs(seed=1):
 
 
 def reference_output(model, state, inputs):
-    ref = type(model)(**{k: getattr(model, k) for k in []}) if False else model
-    ref.load_state_dict(state)
+    model.load_state_dict(state)
     with torch.no_grad():
-        return ref(*inputs)
+        return model(*inputs)
 
 
 def run(model, inputs):
@@ -61,6 +60,12 @@ def test_sparsedm_uvit(tmp_path):
     x = uvit_inputs()
     expected = reference_output(model, masked_state(model, layers), x)
     assert_close_rel(run(loaded.model, x), expected, FP32_RTOL, "sparsedm uvit")
+    # the MLP's GELU runs in fc1's epilogue; without fusion the model is the same function
+    fc1 = [m for n, m in loaded.model.named_modules() if n.endswith("mlp.fc1")]
+    assert fc1 and all(m.activation == "gelu" for m in fc1)
+    unfused = sparsedm.load(str(out), fuse_activations=False).model
+    assert all(m.activation == "none" for n, m in unfused.named_modules() if n.endswith("mlp.fc1"))
+    assert_close_rel(run(unfused, x), expected, FP32_RTOL, "sparsedm uvit, unfused")
     assert not loaded.model.training
     assert loaded.sampler["steps"] == 1000 and loaded.manifest["source"]["file"] == "nnet_ema.pth"
     # retained magnitude is recorded per masked layer

@@ -241,3 +241,130 @@ def test_diffusers_unet2d_condition_model():
         out = model(x, torch.tensor([10]), encoder_hidden_states=ctx).sample
         expected = ref(x, torch.tensor([10]), encoder_hidden_states=ctx).sample
     assert_close_rel(out, expected, FP32_RTOL, "UNet2DConditionModel")
+
+
+# -- activation fusion ------------------------------------------------------------------------
+
+
+def test_uvit_mlp_gelu_is_fused_into_fc1():
+    model = _uvit()
+    keys_before = set(model.state_dict())
+    names = sparse_layer_names("uvit", model)
+    ref = _masked_copy(model, names)
+    sparsedm.optimize(model, prune=True, include=names, min_features=8)
+    rows = {r.name: r for r in sparsedm.last_report().rows}
+    fc1s = [n for n in names if n.endswith("mlp.fc1")]
+    assert len(fc1s) == 5  # depth 4: 2 in, 1 mid, 2 out blocks
+    modules = dict(model.named_modules())
+    for n in fc1s:
+        assert modules[n].activation == "gelu" and rows[n].fused_activation == "gelu"
+        assert isinstance(modules[n.replace("fc1", "act")], nn.Identity)
+    assert all(rows[n].fused_activation is None for n in names if n not in fc1s)  # qkv, proj, fc2 feed no activation
+    assert "gelu fused" in rows[fc1s[0]].reason
+    # state_dict keys of canonical tensors are those of a model optimized without fusion
+    plain = _uvit()
+    sparsedm.optimize(plain, prune=True, include=names, min_features=8, fuse_activations=False)
+    assert set(model.state_dict()) == set(plain.state_dict()) != keys_before
+    assert all(isinstance(m, nn.GELU) for n, m in plain.named_modules() if n.endswith("mlp.act"))
+    x = _uvit_inputs()
+    with torch.no_grad():
+        assert_close_rel(model(*x), ref(*x), FP32_RTOL, "fused U-ViT vs masked dense")
+        assert_close_rel(model(*x), plain(*x), FP32_RTOL, "fused vs unfused")
+
+
+def test_ddpm_time_mlp_swish_is_fused_by_probe():
+    """The DDPM UNet's own Swish class (not torch's) is recognised because it computes F.silu exactly."""
+    model = _randomize(build("ddpm_unet", TINY_UNET, device="cpu"))
+    sparsedm.optimize(model, prune=True, min_features=8)
+    rows = {r.name: r for r in sparsedm.last_report().rows}
+    assert rows["time.1"].fused_activation == "silu" and isinstance(model.time[2], nn.Identity)
+    assert rows["time.3"].fused_activation is None  # last layer of the MLP: nothing after it
+    # ResBlock.time = Sequential(Swish, Linear): the activation comes before the layer, nothing to fuse
+    assert all(r.fused_activation is None for n, r in rows.items() if n.endswith(".time.1") and n != "time.1")
+
+
+class _TwoUses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(64, 64), nn.GELU()
+
+    def forward(self, x):
+        y = self.fc(x)
+        return self.act(y) + y  # the pre-activation value is read again: no fusion
+
+
+class _SharedAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.act = nn.Linear(64, 64), nn.Linear(64, 64), nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.fc1(x)) + self.act(self.fc2(x))  # one module, called twice
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(64, 64), nn.GELU()
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: does not trace
+            return self.act(self.fc(x))
+        return self.act(self.fc(-x))
+
+
+class _Double(nn.Module):
+    def forward(self, x):
+        return 2 * x  # parameter-free but no activation
+
+
+class _NotAnActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(64, 64), _Double()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.fc(x))
+
+
+@pytest.mark.parametrize("cls", [_TwoUses, _SharedAct, _Branchy, _NotAnActivation, _Functional])
+def test_activation_fusion_refuses_unsafe_patterns(cls):
+    torch.manual_seed(0)
+    model = _randomize(cls())
+    layer_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    ref = _masked_copy(model, layer_names)
+    sparsedm.optimize(model, prune=True, min_features=8)
+    rows = sparsedm.last_report().rows
+    assert [r.name for r in rows if r.changed] == layer_names
+    assert all(r.fused_activation is None for r in rows)
+    assert all(m.activation == "none" for m in model.modules() if isinstance(m, SparseLinear))
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert_close_rel(model(x), ref(x), FP32_RTOL, f"{cls.__name__} after optimize")
+        assert_close_rel(model(-x), ref(-x), FP32_RTOL, f"{cls.__name__} after optimize, -x")
+
+
+def test_activation_fusion_sequential_gelu_tanh_and_opt_out():
+    torch.manual_seed(0)
+    model = _randomize(nn.Sequential(nn.Linear(64, 128), nn.GELU(approximate="tanh"), nn.Linear(128, 64)))
+    ref = _masked_copy(model, ["0", "2"])
+    sparsedm.optimize(model, prune=True, min_features=8)
+    assert model[0].activation == "gelu_tanh" and isinstance(model[1], nn.Identity)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert_close_rel(model(x), ref(x), FP32_RTOL, "fused gelu_tanh")
+    off = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU()))
+    sparsedm.optimize(off, prune=True, min_features=8, fuse_activations=False)
+    assert off[0].activation == "none" and isinstance(off[1], nn.SiLU)
+    q = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU()))
+    sparsedm.optimize(q, prune=True, min_features=8, quant="int8")  # int8 ops have no activation epilogue
+    assert isinstance(q[1], nn.SiLU) and sparsedm.last_report().rows[0].fused_activation is None
