@@ -207,7 +207,8 @@ def _linear_kernel(
         else:
             w = tl.load(w_rows + k[None, :] * stride_wk, mask=mask_n[:, None] & (k[None, :] < K), other=0)
         if INT8:
-            acc = tl.dot(a, tl.trans(w), acc)
+            # out_dtype explicit: triton <= 3.6 defaults it to float32 and rejects an int32 acc.
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         elif DOT_IN_FP32:  # exact: a bf16 x bf16 product fits in fp32, as in the bf16 mma
             acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
