@@ -16,6 +16,7 @@ pass with hooks, before swapping), else per output element (= the reduction leng
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 from dataclasses import asdict, dataclass, field
@@ -375,8 +376,12 @@ def fuse_activations_in(model: nn.Module, layers: Optional[Iterable[nn.Module]] 
     for parent in list(model.modules()):
         if not any(id(c) in fusable for c in parent._modules.values() if c is not None):
             continue
+        # Trace a shallow copy with its own attribute, parameter and buffer dicts: a forward that
+        # stores something on self (a cache, an attention map) must not keep a tracing proxy.
+        shadow = copy.copy(parent)
+        shadow._parameters, shadow._buffers = dict(parent._parameters), dict(parent._buffers)
         try:
-            graph = _ChildrenAsLeaves().trace(parent)
+            graph = _ChildrenAsLeaves().trace(shadow)
         except Exception as e:  # control flow on values, unsupported Python: no fusion here
             log.debug("fuse_activations: %s does not trace (%s: %s)", type(parent).__name__, type(e).__name__, e)
             continue

@@ -368,3 +368,26 @@ def test_activation_fusion_sequential_gelu_tanh_and_opt_out():
     q = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU()))
     sparsedm.optimize(q, prune=True, min_features=8, quant="int8")  # int8 ops have no activation epilogue
     assert isinstance(q[1], nn.SiLU) and sparsedm.last_report().rows[0].fused_activation is None
+
+
+class _Caching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(64, 64), nn.GELU()
+        self.seen = None
+
+    def forward(self, x):
+        h = self.fc(x)
+        self.seen = x.shape[0]  # an attribute written by forward (tracing would store a proxy)
+        return self.act(h)
+
+
+def test_activation_fusion_tracing_leaves_the_module_untouched():
+    model = _randomize(_Caching())
+    ref = _masked_copy(model, ["fc"])
+    sparsedm.optimize(model, prune=True, min_features=8)
+    assert model.fc.activation == "gelu" and isinstance(model.act, nn.Identity)
+    assert model.seen is None
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert_close_rel(model(x), ref(x), FP32_RTOL, "caching module")
