@@ -104,5 +104,14 @@ fi
 
 step "done: exit status $status; files in $OUT"
 ls -la "$OUT"
+# Some runners return only a handful of files from $OUT (the device tool: 8). When there are
+# more, the result files go into one archive beside the log (PACK=0 keeps them loose).
+n_files=$(find "$OUT" -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' | wc -l)
+if [ "${PACK:-auto}" != 0 ] && { [ "${PACK:-auto}" = 1 ] || [ "$n_files" -gt 6 ]; }; then
+  archive="results-$(date -u +%Y%m%d-%H%M%S).tar.gz"
+  (cd "$OUT" && find . -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' -printf '%f\n' \
+     | tar czf "$archive" -T - && find . -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' -delete)
+  echo "packed $n_files result files into $OUT/$archive (tar xzf it into bench/results/)"
+fi
 sync
 exit $status
