@@ -36,7 +36,7 @@ import statistics
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -155,8 +155,9 @@ class Autotuner:
 
     ``timer``: how to time a candidate (default :func:`cuda_event_timer`); ``path``: the cache
     file (default :func:`cache_path`, read at first use); ``environment``: the dict that keys
-    the measurements (default :func:`current_environment`); ``can_measure``: whether measuring
-    is allowed right now (default: not while a CUDA graph is being captured).
+    the measurements, or a function ``device -> dict`` (default :func:`current_environment` of
+    the call's device, so each GPU of a mixed host has its own section); ``can_measure``:
+    whether measuring is allowed right now (default: not while a CUDA graph is being captured).
     """
 
     def __init__(
@@ -164,14 +165,15 @@ class Autotuner:
         *,
         timer: Optional[Timer] = None,
         path: Optional[os.PathLike] = None,
-        environment: Optional[dict[str, str]] = None,
+        environment: Union[None, dict[str, str], Callable[[torch.device], dict[str, str]]] = None,
         can_measure: Optional[Callable[[], bool]] = None,
     ):
         self.timer = timer or cuda_event_timer
         self._path = Path(path) if path is not None else None
         self._environment = environment
+        self._device_envs: dict[str, dict[str, str]] = {}  # str(device) -> environment
         self._can_measure = can_measure or _not_capturing
-        self._winners: Optional[dict[str, dict]] = None  # entry key -> {"backend", "ms", "date"}
+        self._winners: dict[str, dict[str, dict]] = {}  # env key -> entry key -> {"backend", "ms", "date"}
         self._lock = threading.RLock()
 
     @property
@@ -180,15 +182,29 @@ class Autotuner:
 
     @property
     def environment(self) -> dict[str, str]:
-        if self._environment is None:
-            self._environment = current_environment()
-        return self._environment
+        """The environment of the current device (calls use their own tensor's device)."""
+        return self.environment_for(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+
+    def environment_for(self, device: torch.device) -> dict[str, str]:
+        if isinstance(self._environment, dict):
+            return self._environment
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        env = self._device_envs.get(str(device))
+        if env is None:
+            source = self._environment or (lambda d: current_environment(d if d.type == "cuda" else None))
+            env = self._device_envs[str(device)] = source(device)
+        return env
+
+    def _env_of(self, args: tuple) -> dict[str, str]:
+        x = args[0]
+        return self.environment_for(x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
 
     # -- the choice ---------------------------------------------------------------------------
 
     def lookup(self, op: str, args: tuple) -> Optional[str]:
         """The remembered winner for this call, or None."""
-        entry = self._entries().get(entry_key(op, args))
+        entry = self._entries(self._env_of(args)).get(entry_key(op, args))
         return None if entry is None else entry["backend"]
 
     def choose(self, op: str, args: tuple, candidates: Callable[[], Candidates]) -> Optional[str]:
@@ -201,8 +217,9 @@ class Autotuner:
             pairs = list(candidates())
             return pairs[0][0] if pairs else None
         key = entry_key(op, args)
+        env = self._env_of(args)
         with self._lock:
-            entry = self._entries().get(key)
+            entry = self._entries(env).get(key)
             if entry is not None:
                 return entry["backend"]
             pairs = list(candidates())
@@ -230,27 +247,29 @@ class Autotuner:
                 "ms": {name: round(ms, 6) for name, ms in times.items()},
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
-            self._entries()[key] = record
+            self._entries(env)[key] = record
             log.info(
                 "autotune: %s -> %s (%s)", key, winner,
                 ", ".join(f"{name} {ms:.4g} ms" for name, ms in sorted(times.items(), key=lambda kv: kv[1])),
             )
-            self._save(key, record)
+            self._save(key, record, env)
             return winner
 
     def forget(self, op: str, args: tuple) -> None:
         """Drop the remembered winner of this call from memory (the file keeps it)."""
         with self._lock:
-            self._entries().pop(entry_key(op, args), None)
+            self._entries(self._env_of(args)).pop(entry_key(op, args), None)
 
     # -- the file -----------------------------------------------------------------------------
 
-    def _entries(self) -> dict[str, dict]:
-        if self._winners is None:
-            data = self._read()
-            section = data.get("environments", {}).get(_environment_key(self.environment), {})
-            self._winners = dict(section.get("entries", {}))
-        return self._winners
+    def _entries(self, env: dict[str, str]) -> dict[str, dict]:
+        """The winners under ``env`` (read from the file at first use)."""
+        env_key = _environment_key(env)
+        winners = self._winners.get(env_key)
+        if winners is None:
+            section = self._read().get("environments", {}).get(env_key, {})
+            winners = self._winners[env_key] = dict(section.get("entries", {}))
+        return winners
 
     def _read(self) -> dict:
         """The cache file's content; {} when missing, or (with a warning) when unreadable."""
@@ -277,10 +296,9 @@ class Autotuner:
             return {}
         return data
 
-    def _save(self, key: str, record: dict) -> None:
+    def _save(self, key: str, record: dict, env: dict[str, str]) -> None:
         """Merge ``record`` into the file (re-read first: other processes may have written)."""
         path = self.path
-        env = self.environment
         env_key = _environment_key(env)
         try:
             with warnings.catch_warnings():
@@ -290,7 +308,7 @@ class Autotuner:
             # Same GPU, other versions: stale measurements (a new kernel may change the winner).
             sections = {k: v for k, v in sections.items() if not (v.get("gpu") == env["gpu"] and k != env_key)}
             section = sections.setdefault(env_key, {**env, "entries": {}})
-            section["entries"].update(self._entries())
+            section["entries"].update(self._entries(env))
             section["entries"][key] = record
             data = {"schema": SCHEMA, "environments": sections}
             path.parent.mkdir(parents=True, exist_ok=True)

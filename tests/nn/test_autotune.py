@@ -246,3 +246,29 @@ def test_dense_weight_cache_follows_the_tensors():
     w2 = dense.decompressed_weight(values, meta)
     assert w2 is not w1 and torch.equal(w2, 2 * w1)
     assert "dense" in registry.get_backend("dense").kernels.get("sparse24_linear").fn.__module__
+
+
+def test_each_device_has_its_own_section(tmp_path):
+    """A host with two different GPUs: the winner measured on one is never used on the other."""
+    envs = {"cpu": {**ENV, "gpu": "Fake GPU A"}, "meta": {**ENV, "gpu": "Fake GPU B"}}
+    seen = []
+
+    def environment(device):
+        seen.append(device.type)
+        return envs[device.type]
+
+    path = tmp_path / "multi.json"
+    timer = FakeTimer({"triton": 0.4, "dense": 0.5})
+    tuner = autotune.Autotuner(timer=timer, path=path, environment=environment, can_measure=lambda: True)
+    args_a = _args()
+    args_b = (args_a[0].to("meta"),) + args_a[1:]
+    assert tuner.choose("sparse24_linear", args_a, _candidates(timer, ["triton", "dense"])) == "triton"
+    assert tuner.lookup("sparse24_linear", args_b) is None  # nothing measured on device B yet
+    timer.times = {"triton": 0.9, "dense": 0.5}
+    assert tuner.choose("sparse24_linear", args_b, _candidates(timer, ["triton", "dense"])) == "dense"
+    assert tuner.lookup("sparse24_linear", args_a) == "triton" and timer.calls == 4
+    sections = json.loads(path.read_text())["environments"]
+    assert sorted(s["gpu"] for s in sections.values()) == ["Fake GPU A", "Fake GPU B"]
+    assert seen.count("cpu") == 1 and seen.count("meta") == 1  # one environment lookup per device
+    fresh = autotune.Autotuner(timer=timer, path=path, environment=environment, can_measure=lambda: True)
+    assert fresh.lookup("sparse24_linear", args_a) == "triton" and fresh.lookup("sparse24_linear", args_b) == "dense"
