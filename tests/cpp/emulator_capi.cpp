@@ -12,61 +12,10 @@
 
 using namespace sparsedm::layout;
 
-// values: kept f16/bf16 values as double, [16, 16] row-major (2 per group, ascending k);
-// meta16: [16, 2] uint16, row r word c = nibbles of groups 4c..4c+3 (group 4c lowest);
-// b: [32, 8] (k, token) as double; d: [16, 8] output.
-extern "C" int sparsedm_emu_sp16_tile(const double* values, const uint16_t* meta16, const double* b, double* d) {
-  double a[32][8], bl[32][8], c[32][4] = {}, out[32][4];
-  uint32_t e[32];
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int r = 0; r < 4; ++r) {
-      const int row = sp16_a_row(lane, r), group = sp16_a_group(lane, r);
-      a[lane][2 * r] = values[row * 16 + 2 * group];
-      a[lane][2 * r + 1] = values[row * 16 + 2 * group + 1];
-      bl[lane][2 * r] = b[sp16_b_k(lane, r) * 8 + b_token(lane)];
-      bl[lane][2 * r + 1] = b[(sp16_b_k(lane, r) + 1) * 8 + b_token(lane)];
-    }
-    const int fg = sp16_meta_first_group(lane);
-    e[lane] = static_cast<uint32_t>(meta16[sp16_meta_row(lane, 0) * 2 + fg / 4]) |
-              (static_cast<uint32_t>(meta16[sp16_meta_row(lane, 1) * 2 + fg / 4]) << 16);
-  }
-  emu::mma_sp_m16n8k32(a, bl, e, 0, c, out);
-  for (int lane = 0; lane < 32; ++lane)
-    for (int i = 0; i < 4; ++i) d[acc_row(lane, i) * 8 + acc_col(lane, i)] = out[lane][i];
-  return 0;
-}
-
-// values: kept int8 [16, 32]; meta32: [16, 2] uint32, row r word c = groups 8c..8c+7
-// (CUTLASS's int8 metadata element); b: int8 [64, 8] (k, token); d: int32 [16, 8].
-extern "C" int sparsedm_emu_sp8_tile(const int8_t* values, const uint32_t* meta32, const int8_t* b, int32_t* d) {
-  int a[32][16], bl[32][16], c[32][4] = {}, out[32][4];
-  uint32_t e[32];
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int r = 0; r < 4; ++r) {
-      const int row = sp8_a_row(lane, r), group = sp8_a_group(lane, r);
-      for (int j = 0; j < 4; ++j) {
-        a[lane][4 * r + j] = values[row * 32 + 2 * group + j];
-        bl[lane][4 * r + j] = b[(sp8_b_k(lane, r) + j) * 8 + b_token(lane)];
-      }
-    }
-    uint32_t word = 0;
-    for (int half = 0; half < 2; ++half) {
-      const int fg = sp8_meta_first_group(lane, half);
-      const uint32_t w = meta32[sp8_meta_row(lane) * 2 + fg / 8];
-      word |= ((w >> (4 * (fg % 8))) & 0xFFFFu) << (16 * half);
-    }
-    e[lane] = word;
-  }
-  emu::mma_sp_m16n8k64_s8(a, bl, e, c, out);
-  for (int lane = 0; lane < 32; ++lane)
-    for (int i = 0; i < 4; ++i) d[acc_row(lane, i) * 8 + acc_col(lane, i)] = out[lane][i];
-  return 0;
-}
-
-// Same tiles with the metadata REGISTERS given per lane (e[32]) instead of derived through the
-// kernel's metadata lane functions: lets the test hand the emulator the registers CUTLASS's
-// warp-level metadata iterator would load, so the emulator's metadata thread map is checked
-// against CUTLASS's storage layout independently of sparsedm's kernel code.
+// The tiles with the metadata REGISTERS given per lane (e[32]): lets a test hand the emulator
+// the registers CUTLASS's warp-level metadata iterator would load, so the emulator's metadata
+// thread map is checked against CUTLASS's storage layout independently of sparsedm's kernel
+// code. values: kept values [16, K/2] row-major (ascending k per group); b: [K, 8] (k, token).
 extern "C" int sparsedm_emu_sp16_tile_regs(const double* values, const uint32_t* e, int selector, const double* b,
                                            double* d) {
   double a[32][8], bl[32][8], c[32][4] = {}, out[32][4];
@@ -104,6 +53,35 @@ extern "C" int sparsedm_emu_sp8_tile_regs(const int8_t* values, const uint32_t* 
   for (int lane = 0; lane < 32; ++lane)
     for (int i = 0; i < 4; ++i) d[acc_row(lane, i) * 8 + acc_col(lane, i)] = out[lane][i];
   return 0;
+}
+
+// The same tiles with the metadata registers built by the KERNEL's metadata lane functions.
+// values: kept f16/bf16 values as double, [16, 16]; meta16: [16, 2] uint16, row r word c =
+// nibbles of groups 4c..4c+3 (group 4c lowest); b: [32, 8] (k, token) as double; d: [16, 8].
+extern "C" int sparsedm_emu_sp16_tile(const double* values, const uint16_t* meta16, const double* b, double* d) {
+  uint32_t e[32];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int fg = sp16_meta_first_group(lane);
+    e[lane] = static_cast<uint32_t>(meta16[sp16_meta_row(lane, 0) * 2 + fg / 4]) |
+              (static_cast<uint32_t>(meta16[sp16_meta_row(lane, 1) * 2 + fg / 4]) << 16);
+  }
+  return sparsedm_emu_sp16_tile_regs(values, e, 0, b, d);
+}
+
+// values: kept int8 [16, 32]; meta32: [16, 2] uint32, row r word c = groups 8c..8c+7
+// (CUTLASS's int8 metadata element); b: int8 [64, 8] (k, token); d: int32 [16, 8].
+extern "C" int sparsedm_emu_sp8_tile(const int8_t* values, const uint32_t* meta32, const int8_t* b, int32_t* d) {
+  uint32_t e[32];
+  for (int lane = 0; lane < 32; ++lane) {
+    uint32_t word = 0;
+    for (int half = 0; half < 2; ++half) {
+      const int fg = sp8_meta_first_group(lane, half);
+      const uint32_t w = meta32[sp8_meta_row(lane) * 2 + fg / 8];
+      word |= ((w >> (4 * (fg % 8))) & 0xFFFFu) << (16 * half);
+    }
+    e[lane] = word;
+  }
+  return sparsedm_emu_sp8_tile_regs(values, e, b, d);
 }
 
 // The metadata register each lane passes to mma.sp in the KERNEL, for every sparse k-step
