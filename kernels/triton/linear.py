@@ -3,6 +3,9 @@
 One GEMM kernel family, ``_linear_kernel``, configured by constexpr flags, serves the three
 ops ``sparse24_linear``, ``int8_linear`` and ``sparse24_int8_linear``; ``_quantize_rows_kernel``
 is the per-token activation quantizer the int8 ops launch first when no ``x_scale`` is given.
+At small M the GEMM can split K over a second grid axis (split-K): each program writes the raw
+fp32 / int32 sum of its K slice to a workspace and ``_split_k_reduce_kernel`` adds the slices
+in a fixed order and applies the epilogue.
 Math, layouts and the choice of configurations: docs/KERNELS.md, section "Triton linear
 kernels". Three tiers, as everywhere in sparsedm: ``@triton.jit`` kernels, launchers that
 check, allocate and set the grid, and the ``triton`` backend registration at the bottom.
@@ -14,6 +17,7 @@ reads half the weight bytes but does the full number of MACs.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,7 +28,9 @@ from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activatio
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
-__all__ = ["sparse24_linear", "int8_linear", "sparse24_int8_linear", "quantize_rows", "SMALL_M", "configs_for"]
+__all__ = [
+    "sparse24_linear", "int8_linear", "sparse24_int8_linear", "quantize_rows", "SMALL_M", "configs_for", "split_k_for",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +120,32 @@ def _expand24_tile(values, meta_bytes, BLOCK_N: tl.constexpr, BLOCK_K: tl.conste
 
 
 @triton.jit
+def _epilogue(
+    acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, x_scale_ptr, bias_ptr,
+    INT8: tl.constexpr, PER_TOKEN_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+):
+    """float32 ``[BLOCK_M, BLOCK_N]`` tile of y from the raw sum ``acc`` (fp32, or int32 when INT8).
+
+    INT8: ``acc * s_x[:, None] * s_w[None, :]`` in float32, in the reference's order (s_x is
+    ``x_scale[offs_m]`` when PER_TOKEN_SCALE, else the one static ``x_scale[0]``); then
+    ``+ bias`` and the activation. Shared by ``_linear_kernel`` and ``_split_k_reduce_kernel``,
+    so a split and an unsplit int8 GEMM round the same int32 sum identically.
+    """
+    if INT8:
+        s_w = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if PER_TOKEN_SCALE:
+            s_x = tl.load(x_scale_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            y = acc.to(tl.float32) * s_x[:, None] * s_w[None, :]
+        else:
+            y = acc.to(tl.float32) * tl.load(x_scale_ptr).to(tl.float32) * s_w[None, :]
+    else:
+        y = acc
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return apply_activation(y, ACTIVATION)
+
+
+@triton.jit
 def _linear_kernel(
     # pointers
     x_ptr,  # [M, K] activations: float (sparse float path, or QUANTIZE_X) or int8 codes
@@ -122,12 +154,13 @@ def _linear_kernel(
     w_scale_ptr,  # INT8: [N] per-channel weight scale (any float dtype, read as float32)
     x_scale_ptr,  # INT8: [M] per-token scale, or [1] static scale when not PER_TOKEN_SCALE
     bias_ptr,  # HAS_BIAS: [N] (any float dtype, read as float32)
-    y_ptr,  # [M, N] output in x's dtype, strides (stride_ym, 1)
+    y_ptr,  # [M, N] output in x's dtype, strides (stride_ym, 1); WRITE_PARTIAL: workspace [SPLIT_K, M, N]
     # sizes
     M,
     N,
     K,
     M_BUCKET,  # autotune key only: the launcher's bucket of M (see configs_for)
+    SPLIT_K,  # number of K slices = the grid's axis 1 (1 when not WRITE_PARTIAL); also an autotune key
     # strides (elements)
     stride_xm,
     stride_xk,
@@ -145,6 +178,7 @@ def _linear_kernel(
     ACTIVATION: tl.constexpr,  # code from ACTIVATION_CODE (float path only)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 operands (no TF32), else "tf32" (ignored)
     DOT_IN_FP32: tl.constexpr,  # upcast both operands to float32 first (interpreter + bfloat16 only)
+    WRITE_PARTIAL: tl.constexpr,  # split-K: sum K slice program_id(1) only; store the raw sum, no epilogue
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -156,6 +190,11 @@ def _linear_kernel(
     INT8 path: int32 accumulation of x_q and W_q, then ``acc * s_x[:, None] * s_w[None, :]``
     (that order, in float32, as the reference), bias. Tails in M, N and K are masked, so any
     sizes work; for SPARSE_W, K is a multiple of 8 (the canonical format's contract).
+
+    WRITE_PARTIAL (split-K): the cdiv(K, BLOCK_K) K steps are dealt to the SPLIT_K slices as
+    evenly as whole steps allow (slice s gets steps [s * steps // SPLIT_K, (s + 1) * steps //
+    SPLIT_K), possibly none); program (tile, s) stores its fp32 / int32 partial sum, unscaled,
+    at ``y_ptr + s * M * stride_ym``, and ``_split_k_reduce_kernel`` finishes the tile.
     """
     # Grouped ordering: GROUP_M row tiles share each column tile while it is hot in L2.
     pid = tl.program_id(0)
@@ -186,7 +225,17 @@ def _linear_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
-    for k0 in range(0, K, BLOCK_K):
+    if WRITE_PARTIAL:
+        # Whole BLOCK_K steps per slice, so the K tail (masked by k < K) stays in the last
+        # slice and every values / meta offset (k0 / 2, k0 / 8) stays aligned as in one pass.
+        pid_k = tl.program_id(1)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        k_begin = (pid_k * k_steps // SPLIT_K) * BLOCK_K
+        k_end = tl.minimum(((pid_k + 1) * k_steps // SPLIT_K) * BLOCK_K, K)
+    else:
+        k_begin = 0
+        k_end = K
+    for k0 in range(k_begin, k_end, BLOCK_K):
         k = k0 + offs_k
         a = tl.load(x_rows + k[None, :] * stride_xk, mask=mask_m[:, None] & (k[None, :] < K), other=0.0)
         if QUANTIZE_X:
@@ -214,21 +263,61 @@ def _linear_kernel(
         else:
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
-    if INT8:
-        if not QUANTIZE_X:  # codes from _quantize_rows_kernel: per-token scales
-            s_x = tl.load(x_scale_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        s_w = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if PER_TOKEN_SCALE or not QUANTIZE_X:
-            y = acc.to(tl.float32) * s_x[:, None] * s_w[None, :]
-        else:
-            y = acc.to(tl.float32) * s_x * s_w[None, :]
-    else:
+    if WRITE_PARTIAL:  # the raw slice sum; scales, bias and activation come after the reduction
         y = acc
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
+        y_ptr += tl.program_id(1).to(tl.int64) * M * stride_ym
+    else:
+        y = _epilogue(acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, x_scale_ptr, bias_ptr,
+                      INT8, PER_TOKEN_SCALE, HAS_BIAS, ACTIVATION)
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _split_k_reduce_kernel(
+    # pointers
+    partial_ptr,  # [SPLIT_K, M, N] contiguous: float32 slice sums, or int32 when INT8
+    w_scale_ptr,  # INT8: [N] per-channel weight scale (read as float32)
+    x_scale_ptr,  # INT8: [M] per-token scale, or [1] static scale when not PER_TOKEN_SCALE
+    bias_ptr,  # HAS_BIAS: [N] (read as float32)
+    y_ptr,  # [M, N] output, strides (stride_ym, 1)
+    # sizes and strides
+    M,
+    N,
+    SPLIT_K,
+    stride_slice,  # M * N: elements between two slices of the workspace
+    stride_ym,
+    # meta-parameters
+    INT8: tl.constexpr,
+    PER_TOKEN_SCALE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Second pass of a split-K GEMM: ``y = epilogue(sum over s of partial[s])`` for one tile.
+
+    The slices are added in the fixed order s = 0, 1, ..., SPLIT_K - 1 (no atomics), so the
+    result does not depend on which GEMM program finished first: float results are
+    deterministic, and int32 sums (exact) are bit-identical to the unsplit GEMM's.
+    """
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    ptrs = partial_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    if INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, SPLIT_K):
+        acc += tl.load(ptrs, mask=mask, other=0)
+        ptrs += stride_slice
+    y = _epilogue(acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, x_scale_ptr, bias_ptr,
+                  INT8, PER_TOKEN_SCALE, HAS_BIAS, ACTIVATION)
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,21 +350,73 @@ _LARGE_M_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
 ]
+# Split-K (M <= SMALL_M, when split_k_for says so). PROVISIONAL as the lists above. Every
+# config has BLOCK_N = 64 so that split_k_for can count the CTAs before autotuning picks one;
+# the 16x32x256 tile of the small-M list is absent because its only purpose, more CTAs on a
+# narrow N, is what the split already provides.
+SPLIT_K_BLOCK_N = 64
+_SPLIT_K_CONFIGS = [
+    # The small-M weight-streaming tile: 8-16 KiB of weight per K step, four stages deep.
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": SPLIT_K_BLOCK_N, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=4, num_stages=4),
+    # Half-depth K steps: twice the steps in a short slice (K=1024 split 2: 8 steps), and fewer
+    # registers for the sparse expansion (the 128-deep float tile sits at 255).
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": SPLIT_K_BLOCK_N, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=4),
+    # M in 17..64 in one row tile, so each weight byte is read once.
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": SPLIT_K_BLOCK_N, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=4),
+]
 # The interpreter runs every program in numpy: one small config, so tests do not autotune and
 # the test shapes (N=24, K=40, 72) still cross block borders in N and K.
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)
 
 
-def configs_for(m: int) -> list:
-    """The autotune candidates for a GEMM with ``m`` rows (one config in the interpreter)."""
+def configs_for(m: int, split_k: int = 1) -> list:
+    """The autotune candidates for a GEMM with ``m`` rows split ``split_k`` ways along K.
+
+    One config in the interpreter.
+    """
     if INTERPRET:
         return [_INTERPRET_CONFIG]
+    if split_k > 1:
+        return _SPLIT_K_CONFIGS
     return _SMALL_M_CONFIGS if m <= SMALL_M else _LARGE_M_CONFIGS
 
 
 _AUTOTUNE_KEY = ["M_BUCKET", "N", "K"]
 _linear_small_m = triton.autotune(configs=configs_for(1), key=_AUTOTUNE_KEY)(_linear_kernel)
 _linear_large_m = triton.autotune(configs=configs_for(SMALL_M + 1), key=_AUTOTUNE_KEY)(_linear_kernel)
+_linear_split_k = triton.autotune(configs=configs_for(1, split_k=2), key=_AUTOTUNE_KEY + ["SPLIT_K"])(_linear_kernel)
+
+# The split-K rule (docs/KERNELS.md, "Split-K"). PROVISIONAL: unmeasured on a GPU.
+SPLIT_K_WAVES = 2  # aim at about 2 CTAs per SM: these tiles fit 1-4 per SM (up to 255 registers x 128 threads)
+SPLIT_K_MIN_SLICE = 512  # K elements per slice at least: 4 steps of BLOCK_K = 128, 8 of 64 (fills a 4-stage pipeline)
+# The partial sums cost 8 * SPLIT_K * M * N bytes of traffic (written once, read once); keep
+# them within K * N / 4 bytes, i.e. SPLIT_K * M <= K / 32: at most 40% of the smallest weight
+# stream (2:4 int8, 0.625 byte per weight element), 22% of the 2:4 fp16 one. This only binds
+# for M > 16 (for M <= 16 the slice length does first).
+SPLIT_K_TRAFFIC_DIV = 32
+SPLIT_K_MAX = 16  # bounds the workspace (SPLIT_K * M * N * 4 bytes) and the reduction's reads
+# The reduction pass: a [<=16, 128] tile per program, elementwise over the workspace.
+_REDUCE_BLOCK_N = 128
+
+
+def split_k_for(m: int, n: int, k: int, sm_count: Optional[int]) -> int:
+    """How many K slices the GEMM of an [m, k] x [k, n] product should use on ``sm_count`` SMs.
+
+    1 (no split) unless all of: the SM count is known (a GPU; the interpreter has none), m <=
+    SMALL_M (weight streaming: one row tile of BLOCK_M = 64), and the unsplit GEMM's
+    ``tiles = cdiv(n, SPLIT_K_BLOCK_N)`` CTAs fill at most half the SMs. Then
+    ``min(SPLIT_K_WAVES * sm_count // tiles, k // SPLIT_K_MIN_SLICE,
+    k // (SPLIT_K_TRAFFIC_DIV * m), SPLIT_K_MAX)``, or 1 if that is below 2. U-ViT-L/2 on 132
+    SMs (H100 SXM), M <= 16: fc2 (N=1024, K=4096) 16 CTAs -> 8 slices; qkv, proj, fc1
+    (K=1024) -> 2 slices.
+    """
+    if sm_count is None or m > SMALL_M or m < 1:
+        return 1
+    tiles = triton.cdiv(n, SPLIT_K_BLOCK_N)
+    if 2 * tiles > sm_count:
+        return 1
+    split = min(SPLIT_K_WAVES * sm_count // tiles, k // SPLIT_K_MIN_SLICE, k // (SPLIT_K_TRAFFIC_DIV * m), SPLIT_K_MAX)
+    return split if split >= 2 else 1
 
 
 def _m_bucket(m: int) -> int:
@@ -284,14 +425,18 @@ def _m_bucket(m: int) -> int:
 
 
 # Ahead-of-time compilation (tests/triton/test_linear_aot.py, the table in docs/KERNELS.md).
-# Each variant: (x dtype, weight dtype, SPARSE_W, INT8, QUANTIZE_X). "int8" is the dynamic
-# path (codes from _quantize_rows_kernel); the given-x_scale path only adds the prologue.
+# Each variant: (x dtype, weight dtype, SPARSE_W, INT8, QUANTIZE_X, WRITE_PARTIAL). "int8" is
+# the dynamic path (codes from _quantize_rows_kernel); the given-x_scale path only adds the
+# prologue. "_splitk" variants are the split-K GEMM (partial sums out, no epilogue).
 AOT_VARIANTS = {
-    "int8": ("i8", "i8", False, True, False),
-    "sparse_fp16": ("fp16", "fp16", True, False, False),
-    "sparse_bf16": ("bf16", "bf16", True, False, False),
-    "sparse_int8": ("i8", "i8", True, True, False),
-    "sparse_int8_static_xscale": ("fp16", "i8", True, True, True),
+    "int8": ("i8", "i8", False, True, False, False),
+    "sparse_fp16": ("fp16", "fp16", True, False, False, False),
+    "sparse_bf16": ("bf16", "bf16", True, False, False, False),
+    "sparse_int8": ("i8", "i8", True, True, False, False),
+    "sparse_int8_static_xscale": ("fp16", "i8", True, True, True, False),
+    "int8_splitk": ("i8", "i8", False, True, False, True),
+    "sparse_fp16_splitk": ("fp16", "fp16", True, False, False, True),
+    "sparse_int8_splitk": ("i8", "i8", True, True, False, True),
 }
 
 
@@ -299,30 +444,50 @@ def aot_spec(variant: str, config) -> tuple[dict, dict, tuple]:
     """``(signature, constexprs, divisible_by_16)`` of ``_linear_kernel`` as a real launch sees it.
 
     ``config`` is a ``triton.Config`` (BLOCK_M/N/K, GROUP_M); output float16 (bfloat16 for
-    the bf16 variant); bias, no activation. A launch on contiguous tensors specializes the unit
-    strides to the constant 1 and marks 16-byte-aligned pointers and sizes/strides divisible by
-    16 (``tt.divisibility``); without both, Triton can neither vectorize the loads nor pipeline
+    the bf16 variant), or the float32 / int32 workspace of a split-K variant; bias, no
+    activation. A launch on contiguous tensors specializes the unit strides (and SPLIT_K = 1)
+    to the constant 1 and marks 16-byte-aligned pointers and sizes/strides divisible by 16
+    (``tt.divisibility``); without both, Triton can neither vectorize the loads nor pipeline
     them with cp.async, so they are repeated here. M is left unhinted (65 * batch tokens).
     """
-    x_ty, w_ty, sparse, int8, quantize_x = AOT_VARIANTS[variant]
-    y_ty = "bf16" if x_ty == "bf16" else "fp16"
+    x_ty, w_ty, sparse, int8, quantize_x, partial = AOT_VARIANTS[variant]
+    if partial:
+        y_ty = "i32" if int8 else "fp32"
+    else:
+        y_ty = "bf16" if x_ty == "bf16" else "fp16"
     signature = {
         "x_ptr": f"*{x_ty}", "w_ptr": f"*{w_ty}", "meta_ptr": "*u8", "w_scale_ptr": "*fp32",
         "x_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{y_ty}",
-        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+        "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32", "SPLIT_K": "i32",
         "stride_xm": "i32", "stride_xk": "i32", "stride_wn": "i32", "stride_wk": "i32",
         "stride_metan": "i32", "stride_metak": "i32", "stride_ym": "i32",
     }
     constexprs = dict(
         stride_xk=1, stride_wk=1, stride_metak=1,
         SPARSE_W=sparse, INT8=int8, QUANTIZE_X=quantize_x, PER_TOKEN_SCALE=int8 and not quantize_x,
-        HAS_BIAS=True, ACTIVATION=0, DOT_PRECISION="tf32", DOT_IN_FP32=False, **config.kwargs,
+        HAS_BIAS=True, ACTIVATION=0, DOT_PRECISION="tf32", DOT_IN_FP32=False, WRITE_PARTIAL=partial,
+        **config.kwargs,
     )
+    if not partial:
+        constexprs["SPLIT_K"] = 1
     signature.update({name: "constexpr" for name in constexprs})
     divisible = (
         "x_ptr", "w_ptr", "meta_ptr", "w_scale_ptr", "x_scale_ptr", "bias_ptr", "y_ptr",
         "N", "K", "stride_xm", "stride_wn", "stride_metan", "stride_ym",
     )
+    return signature, constexprs, divisible
+
+
+def aot_reduce_spec(int8: bool) -> tuple[dict, dict, tuple]:
+    """``(signature, constexprs, divisible_by_16)`` of ``_split_k_reduce_kernel`` (fp16 out, bias)."""
+    signature = {
+        "partial_ptr": "*i32" if int8 else "*fp32", "w_scale_ptr": "*fp32", "x_scale_ptr": "*fp32",
+        "bias_ptr": "*fp32", "y_ptr": "*fp16", "M": "i32", "N": "i32", "SPLIT_K": "i32",
+        "stride_slice": "i32", "stride_ym": "i32",
+    }
+    constexprs = dict(INT8=int8, PER_TOKEN_SCALE=int8, HAS_BIAS=True, ACTIVATION=0, BLOCK_M=16, BLOCK_N=_REDUCE_BLOCK_N)
+    signature.update({name: "constexpr" for name in constexprs})
+    divisible = ("partial_ptr", "w_scale_ptr", "x_scale_ptr", "bias_ptr", "y_ptr", "N", "stride_slice", "stride_ym")
     return signature, constexprs, divisible
 
 
@@ -361,6 +526,18 @@ def quantize_rows(x2d: torch.Tensor, block_k: Optional[int] = None) -> tuple[tor
     return q, scale
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> Optional[int]:
+    """Streaming multiprocessors of ``device``; None off CUDA (the interpreter has no SMs)."""
+    if device.type != "cuda":
+        return None
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _launch_gemm(
     x2d: torch.Tensor,
     w: torch.Tensor,
@@ -373,14 +550,20 @@ def _launch_gemm(
     w_scale: Optional[torch.Tensor] = None,
     x_scale: Optional[torch.Tensor] = None,
     quantize_x: bool = False,
+    split_k: Optional[int] = None,
 ) -> torch.Tensor:
     """Allocate y [M, N] and run ``_linear_kernel`` with the flags the arguments imply.
 
     ``x2d`` [M, K] (any strides); ``w`` dense [N, K] or 2:4 values [N, K/2] with ``meta``
     uint8 [N, K/8] (any strides); ``w_scale`` [N] and ``x_scale`` ([M] or one element)
-    select the INT8 path.
+    select the INT8 path. ``split_k``: None applies ``split_k_for`` with the device's SM
+    count; an int >= 1 forces that many K slices (tests, benchmarks).
     """
     m, k = x2d.shape
+    if split_k is None:
+        split_k = split_k_for(m, n, k, _sm_count(x2d.device))
+    elif isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
+        raise ValueError(f"split_k={split_k!r}: pass None (the split_k_for rule) or a number of K slices >= 1")
     # The interpreter converts float32 to bfloat16 by truncation (a GPU rounds to nearest
     # even), so there the kernel writes float32 and torch rounds; GPUs store bf16 directly.
     store_fp32 = INTERPRET and out_dtype == torch.bfloat16
@@ -395,30 +578,56 @@ def _launch_gemm(
         x_scale = x_scale.reshape(-1).contiguous()
     if bias is not None:
         bias = bias.contiguous()
-    kernel = _linear_small_m if m <= SMALL_M else _linear_large_m
-    grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)  # noqa: E731
+    if int8:
+        w_scale = w_scale.contiguous()
+    per_token_scale = per_token or (int8 and not quantize_x)
+    if split_k > 1:  # partial sums of each K slice, reduced and finished by the second kernel
+        out = torch.empty((split_k, m, n), dtype=torch.int32 if int8 else torch.float32, device=x2d.device)
+        kernel = _linear_split_k
+    else:
+        out = y
+        kernel = _linear_small_m if m <= SMALL_M else _linear_large_m
+    grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split_k)  # noqa: E731
     kernel[grid](
         x2d, w, meta if sparse else dummy,
-        w_scale.contiguous() if int8 else dummy,
+        w_scale if int8 else dummy,
         x_scale if x_scale is not None else dummy,
         bias if bias is not None else dummy,
-        y,
-        m, n, k, _m_bucket(m),
+        out,
+        m, n, k, _m_bucket(m), split_k,
         x2d.stride(0), x2d.stride(1),
         w.stride(0), w.stride(1),
         meta.stride(0) if sparse else 0, meta.stride(1) if sparse else 0,
-        y.stride(0),
+        out.stride(-2),
         SPARSE_W=sparse,
         INT8=int8,
         QUANTIZE_X=quantize_x,
-        PER_TOKEN_SCALE=per_token or (int8 and not quantize_x),
+        PER_TOKEN_SCALE=per_token_scale,
         HAS_BIAS=bias is not None,
         ACTIVATION=ACTIVATION_CODE[activation],
         DOT_PRECISION="ieee" if x2d.dtype == torch.float32 else "tf32",
         # The interpreter's tl.dot multiplies bfloat16 operands as their raw 16-bit patterns
         # (triton 3.9, runtime/interpreter.py create_dot); a GPU never takes this branch.
         DOT_IN_FP32=INTERPRET and x2d.dtype == torch.bfloat16 and not int8,
+        WRITE_PARTIAL=split_k > 1,
     )
+    if split_k > 1:
+        block_m = min(16, triton.next_power_of_2(m))
+        _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, _REDUCE_BLOCK_N))](
+            out,
+            w_scale if int8 else dummy,
+            x_scale if x_scale is not None else dummy,
+            bias if bias is not None else dummy,
+            y,
+            m, n, split_k, out.stride(0), y.stride(0),
+            INT8=int8,
+            PER_TOKEN_SCALE=per_token_scale,
+            HAS_BIAS=bias is not None,
+            ACTIVATION=ACTIVATION_CODE[activation],
+            BLOCK_M=block_m,
+            BLOCK_N=_REDUCE_BLOCK_N,
+            num_warps=4,
+        )
     return y.to(out_dtype) if store_fp32 else y
 
 
@@ -427,41 +636,44 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def sparse24_linear(x, values, meta, bias, activation) -> torch.Tensor:
+def sparse24_linear(x, values, meta, bias, activation, *, split_k: Optional[int] = None) -> torch.Tensor:
     """``act(x @ W^T + bias)``, W in canonical 2:4 form (docs/KERNELS.md, "Triton linear kernels").
 
     x [..., K] float16/bfloat16/float32; values [N, K/2] x's dtype; meta uint8 [N, K/8];
-    bias [N] or None; returns [..., N] in x's dtype.
+    bias [N] or None; returns [..., N] in x's dtype. ``split_k``: None = ``split_k_for``'s
+    choice, or a forced number of K slices.
     """
     n = checks.check_sparse24_linear(x, values, meta, bias, activation)
-    y = _launch_gemm(_flatten(x), values, meta, n, out_dtype=x.dtype, bias=bias, activation=activation)
+    y = _launch_gemm(_flatten(x), values, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, split_k=split_k)
     return y.reshape(*x.shape[:-1], n)
 
 
-def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale) -> torch.Tensor:
+def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale, split_k) -> torch.Tensor:
     x2d = _flatten(x)
     if x_scale is None:  # dynamic per-token scales: one fused absmax + quantize pass first
         x_codes, scales = quantize_rows(x2d)
-        y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=scales)
+        y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=scales, split_k=split_k)
     else:  # given scales: x is quantized tile by tile inside the GEMM, no extra pass
-        y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=x_scale, quantize_x=True)
+        y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=x_scale,
+                         quantize_x=True, split_k=split_k)
     return y.reshape(*x.shape[:-1], n)
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale) -> torch.Tensor:
+def int8_linear(x, w_q, w_scale, bias, x_scale, *, split_k: Optional[int] = None) -> torch.Tensor:
     """W8A8 ``(q(x) @ w_q^T) * s_x * s_w + bias`` (DESIGN.md int8 contract).
 
     x [..., K] float16/bfloat16/float32; w_q int8 [N, K]; w_scale [N]; bias [N] or None;
-    x_scale None (per-token dynamic), one element (static) or shape x.shape[:-1].
+    x_scale None (per-token dynamic), one element (static) or shape x.shape[:-1]; ``split_k``
+    as in ``sparse24_linear`` (any split gives the same bits: the int32 sums are exact).
     """
     n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
-    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale)
+    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale, split_k)
 
 
-def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> torch.Tensor:
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, *, split_k: Optional[int] = None) -> torch.Tensor:
     """int8 GEMM with a 2:4 int8 weight: values_q int8 [N, K/2], meta uint8 [N, K/8]; else as int8_linear."""
     n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
-    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale)
+    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale, split_k)
 
 
 # --------------------------------------------------------------------------------------------

@@ -343,6 +343,166 @@ def test_opcheck(request):
 
 
 # ---------------------------------------------------------------------------------------------
+# Split-K: forced splits (the interpreter has no SM count), the rule, the rule driving the ops
+# ---------------------------------------------------------------------------------------------
+# The interpreter config has BLOCK_K = 32, so K=40 has 2 K steps (split 3 leaves one slice
+# empty), K=72 has 3 and K=136 has 5 (split 2 and 3 do not divide it); N=24 and 40 end in a
+# partial BLOCK_N = 32 tile, M=17 in a partial BLOCK_M = 16 tile.
+
+SPLITS = (1, 2, 3)
+
+
+class _Reductions:
+    """Counts launches of the split-K reduction kernel (so a split that silently did not
+    happen fails), delegating to the real kernel."""
+
+    def __init__(self, monkeypatch):
+        from sparsedm.kernels import linear
+
+        self.kernel, self.launches = linear._split_k_reduce_kernel, 0
+        monkeypatch.setattr(linear, "_split_k_reduce_kernel", self)
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("n,k", [(24, 40), (40, 136)])
+@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_split_k_sparse24_linear(request, monkeypatch, dtype, m, n, k, split):
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(n, k, gen, dtype)
+    x = _randn(m, k, gen=gen, dtype=dtype)
+    bias = _randn(n, gen=gen, dtype=dtype)
+    reductions = _Reductions(monkeypatch)
+    y = linear.sparse24_linear(x, values, meta, bias, "gelu", split_k=split)
+    assert reductions.launches == (split > 1), f"split_k={split}: {reductions.launches} reduction launches"
+    ref = ops.sparse24_linear(x, values, meta, bias, "gelu", backend="reference")
+    _assert_close(y, ref, *REF_TOL[dtype], f"sparse24_linear split_k={split} M={m} N={n} K={k} vs reference")
+    _assert_rel(y, _oracle_linear(x, w, bias, "gelu"), ORACLE_REL[dtype], f"split_k={split} vs float64 oracle")
+
+
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_split_k_epilogue(request, monkeypatch, dtype, activation, has_bias):
+    """Bias and activation are applied once, after all slices are summed."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(24, 72, gen, dtype)
+    x = _randn(3, 72, gen=gen, dtype=dtype)
+    bias = _randn(24, gen=gen, dtype=dtype) if has_bias else None
+    reductions = _Reductions(monkeypatch)
+    y = linear.sparse24_linear(x, values, meta, bias, activation, split_k=3)
+    assert reductions.launches == 1
+    ref = ops.sparse24_linear(x, values, meta, bias, activation, backend="reference")
+    _assert_close(y, ref, *REF_TOL[dtype], f"sparse24_linear split_k=3 {dtype} {activation}")
+    _assert_rel(y, _oracle_linear(x, w, bias, activation), ORACLE_REL[dtype], "split_k=3 vs float64 oracle")
+
+
+@pytest.mark.parametrize("split", [2, 3])
+@pytest.mark.parametrize("m,dtype,has_bias", [(1, torch.float16, True), (3, torch.float32, False), (17, torch.float16, False)],
+                         ids=["m1-fp16-bias", "m3-fp32-nobias", "m17-fp16-nobias"])
+@pytest.mark.parametrize("scale_mode", ["dynamic", "static", "per_token"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_split_k_int8(request, monkeypatch, sparse, scale_mode, m, dtype, has_bias, split):
+    """int32 partial sums are exact: every split gives the unsplit GEMM's bits, and the reference's values."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    n, k = (40, 136) if sparse else (24, 72)
+    w_q, w_scale = _int8_weight(n, k, sparse, gen)
+    x = _randn(m, k, gen=gen, dtype=dtype)
+    bias = _randn(n, gen=gen, dtype=dtype) if has_bias else None
+    x_scale = _x_scale(scale_mode, x, gen)
+    if sparse:
+        values_q, meta = compress24(w_q)
+        run = lambda s: linear.sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, split_k=s)  # noqa: E731
+        ref = ops.sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, backend="reference")
+    else:
+        run = lambda s: linear.int8_linear(x, w_q, w_scale, bias, x_scale, split_k=s)  # noqa: E731
+        ref = ops.int8_linear(x, w_q, w_scale, bias, x_scale, backend="reference")
+    unsplit = run(1)
+    reductions = _Reductions(monkeypatch)
+    y = run(split)
+    assert reductions.launches == 1
+    assert torch.equal(y, unsplit), f"split_k={split} differs from the unsplit GEMM: {_report(y, unsplit)}"
+    _assert_close(y, ref, *INT8_TOL[dtype], f"{'sparse24_' if sparse else ''}int8_linear split_k={split} {scale_mode}")
+
+
+def test_split_k_rule():
+    from sparsedm.kernels.linear import SMALL_M, SPLIT_K_MAX, SPLIT_K_MIN_SLICE, split_k_for
+
+    # U-ViT-L/2 on an H100 SXM (132 SMs) and an A100 (108 SMs): the table in docs/KERNELS.md.
+    for m in (1, 16):
+        assert split_k_for(m, 1024, 4096, 132) == 8  # fc2: 16 CTAs; 8 slices of 512
+        assert split_k_for(m, 1024, 1024, 132) == 2  # proj
+        assert split_k_for(m, 3072, 1024, 132) == 2  # qkv: 48 CTAs
+        assert split_k_for(m, 4096, 1024, 132) == 2  # fc1: 64 CTAs, just under half of 132
+        assert split_k_for(m, 4096, 1024, 108) == 1  # fc1 on 108 SMs: 64 CTAs fill more than half
+        assert split_k_for(m, 512, 2048, 132) == 4  # U-ViT-S/2 fc2: 8 CTAs, K // 512 = 4
+        assert split_k_for(m, 1536, 512, 132) == 1  # U-ViT-S/2 qkv: K too short for two slices
+    # M = 64: the partial sums' traffic bounds SPLIT_K * M <= K / 32.
+    assert split_k_for(64, 1024, 4096, 132) == 2
+    assert split_k_for(32, 1024, 4096, 132) == 4
+    assert split_k_for(64, 1024, 1024, 132) == 1
+    assert split_k_for(65, 1024, 4096, 132) == 1  # large M: compute-bound, no split
+    assert split_k_for(1, 1024, 4096, None) == 1  # no SM count (interpreter)
+    assert split_k_for(1, 64, 1 << 16, 132) == SPLIT_K_MAX
+    for sm in (46, 84, 108, 132):
+        for n in (64, 512, 1024, 3072, 4096, 8192):
+            for k in (256, 512, 1024, 2048, 4096, 16384):
+                for m in (1, 7, 64, 65, 1000):
+                    split = split_k_for(m, n, k, sm)
+                    assert 1 <= split <= SPLIT_K_MAX
+                    if split > 1:
+                        tiles = -(-n // 64)
+                        assert m <= SMALL_M and 2 * tiles <= sm and split * SPLIT_K_MIN_SLICE <= k, (m, n, k, sm, split)
+                        assert tiles * split <= 2 * sm and 32 * split * m <= k, (m, n, k, sm, split)
+
+
+def test_split_k_rule_drives_the_ops(request, monkeypatch):
+    """With an SM count (faked here; a GPU reports one) the ops split by the rule, unasked."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    monkeypatch.setattr(linear, "_sm_count", lambda device: 8)
+    n, k = 40, 1024  # 1 CTA of BLOCK_N = 64 on 8 SMs: min(2 * 8, 1024 // 512) = 2 slices
+    assert linear.split_k_for(1, n, k, 8) == 2
+    w, values, meta = _sparse_weight(n, k, gen, torch.float16)
+    x = _randn(1, k, gen=gen, dtype=torch.float16)
+    bias = _randn(n, gen=gen)
+    reductions = _Reductions(monkeypatch)
+    _check_sparse24_linear(x, w, values, meta, bias, "silu")
+    w_q, w_scale = _int8_weight(n, k, True, gen)
+    y, ref = _run_int8(True, x, w_q, w_scale, bias, None)
+    assert reductions.launches == 2
+    _assert_close(y, ref, *INT8_TOL[torch.float16], "sparse24_int8_linear split by the rule")
+    values_q, meta_q = compress24(w_q)
+    assert torch.equal(y, linear.sparse24_int8_linear(x, values_q, meta_q, w_scale, bias, None, split_k=1))
+    with ops.use_backend("triton"):
+        torch.library.opcheck(torch.ops.sparsedm.sparse24_linear.default, (x, values, meta, bias, "gelu"),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    assert reductions.launches > 2
+
+
+def test_split_k_argument_errors(request):
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen)
+    x = _randn(3, 40, gen=gen)
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="split_k"):
+            linear.sparse24_linear(x, values, meta, None, "none", split_k=bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # GPU: real U-ViT shapes
 # ---------------------------------------------------------------------------------------------
 

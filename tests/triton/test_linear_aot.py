@@ -3,6 +3,8 @@
 No GPU needed: each op configuration is compiled with ``triton.compile`` for a ``GPUTarget``
 and the PTX must use tensor cores: int8 ``mma.sync`` with s8 operands, f16/bf16 ``mma.sync``
 for the float paths, and on sm_90 either ``mma.sync`` or ``wgmma``. ptxas must not spill.
+The split-K GEMM variants are checked the same way, and the split-K reduction kernel must
+compile without spills.
 
 The compiles run in one child process without ``TRITON_INTERPRET`` (the interpreter replaces
 ``@triton.jit`` helpers by Python functions, which the real compiler cannot call).
@@ -29,6 +31,9 @@ EXPECTED_MMA = {
     "sparse_bf16": (".f32.bf16.bf16.f32", ".f32.bf16.bf16"),
     "sparse_int8": (".s32.s8.s8.s32", ".s32.s8.s8"),
     "sparse_int8_static_xscale": (".s32.s8.s8.s32", ".s32.s8.s8"),
+    "int8_splitk": (".s32.s8.s8.s32", ".s32.s8.s8"),
+    "sparse_fp16_splitk": (".f32.f16.f16.f32", ".f32.f16.f16"),
+    "sparse_int8_splitk": (".s32.s8.s8.s32", ".s32.s8.s8"),
 }
 
 
@@ -65,15 +70,33 @@ def _quantizer_rows() -> list[dict]:
     return rows
 
 
+def _reduce_rows() -> list[dict]:
+    """The split-K reduction kernel (float and int32 partial sums) on each cc."""
+    from sparsedm.kernels import aot, linear
+
+    rows = []
+    for int8 in (False, True):
+        signature, constexprs, divisible = linear.aot_reduce_spec(int8)
+        for cc in CCS:
+            compiled = aot.compile_for(linear._split_k_reduce_kernel, signature, constexprs, cc, num_warps=4,
+                                       num_stages=1, divisible_by_16=divisible)
+            rows.append({"int8": int8, "cc": cc, "registers": compiled.registers, "local_bytes": compiled.local_bytes,
+                         "shared_bytes": compiled.shared_bytes, "mma": compiled.mma})
+    return rows
+
+
 def _rows(all_configs: bool) -> list[dict]:
     from sparsedm.kernels import linear
 
     configs = [("small", c) for c in linear._SMALL_M_CONFIGS] + [("large", c) for c in linear._LARGE_M_CONFIGS]
+    split_configs = [("split-K", c) for c in linear._SPLIT_K_CONFIGS]
     if not all_configs:  # the test: the first (most likely) config of each bucket
         configs = [configs[0], configs[len(linear._SMALL_M_CONFIGS)]]
+        split_configs = split_configs[:1]
     rows = []
-    for variant in linear.AOT_VARIANTS:
-        for bucket, config in configs:
+    for variant, spec in linear.AOT_VARIANTS.items():
+        write_partial = spec[-1]
+        for bucket, config in (split_configs if write_partial else configs):
             for cc in CCS:
                 compiled = _compile(variant, config, cc)
                 kw = config.kwargs
@@ -110,6 +133,20 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _reduce_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| split-K reduction | tile MxN | warps | registers sm_80/86/90 | shared bytes sm_80/86/90 | spills |",
+        "|---|---|---|---|---|---|",
+    ]
+    for int8 in (False, True):
+        by_cc = {r["cc"]: r for r in rows if r["int8"] == int8}
+        regs = "/".join(str(by_cc[cc]["registers"]) for cc in CCS)
+        shared = "/".join(str(by_cc[cc]["shared_bytes"]) for cc in CCS)
+        spills = "none" if all(by_cc[cc]["local_bytes"] == 0 for cc in CCS) else "YES"
+        lines.append(f"| {'int32' if int8 else 'float32'} partials, fp16 out | 16x128 | 4 | {regs} | {shared} | {spills} |")
+    return "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
 def compiled_rows():
     pytest.importorskip("triton")
@@ -132,7 +169,7 @@ def test_tensor_cores_and_no_spills(gemm_rows, variant, cc):
     assert rows, f"no compiled configuration for {variant} on sm_{cc}"
     dense_mma, wgmma = EXPECTED_MMA[variant]
     for r in rows:
-        where = f"{variant} {r['bucket']}-M tile {r['tile']} on sm_{cc}"
+        where = f"{variant} ({r['bucket']} list) tile {r['tile']} on sm_{cc}"
         mma_sync = [m for m in r["mma"] if m.startswith("mma.sync") and m.endswith(dense_mma)]
         hopper = [m for m in r["mma"] if m.startswith("wgmma") and m.endswith(wgmma)]
         assert mma_sync or (cc == 90 and hopper), f"{where}: no tensor-core instruction of the right type in {r['mma']}"
@@ -143,6 +180,16 @@ def test_tensor_cores_and_no_spills(gemm_rows, variant, cc):
         assert r["cp_async"], f"{where}: the loads are not asynchronous copies (cp.async)"
         if variant.endswith("xscale"):  # x quantized in the GEMM prologue
             assert r["fdiv"] == ["div.rn.f32"] and r["rne_magic"], f"{where}: quantization not bit-exact: {r}"
+
+
+def test_split_k_reduction_compiles_without_spills(compiled_rows):
+    rows = compiled_rows["reduce"]
+    assert {(r["int8"], r["cc"]) for r in rows} == {(i, cc) for i in (False, True) for cc in CCS}
+    for r in rows:
+        where = f"_split_k_reduce_kernel int8={r['int8']} on sm_{r['cc']}"
+        assert not r["mma"], f"{where}: an elementwise pass should not contain {r['mma']}"
+        if r["local_bytes"] is not None:
+            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes"
 
 
 def test_quantizer_rounds_like_torch(compiled_rows):
@@ -157,8 +204,10 @@ def test_quantizer_rounds_like_torch(compiled_rows):
 
 if __name__ == "__main__":
     test_set = "--test-set" in sys.argv
-    result = {"gemm": _rows(all_configs=not test_set), "quantize": _quantizer_rows()}
+    result = {"gemm": _rows(all_configs=not test_set), "quantize": _quantizer_rows(), "reduce": _reduce_rows()}
     if "--json" in sys.argv:
         print(json.dumps(result))
     else:
         print(_markdown(result["gemm"]))
+        print()
+        print(_reduce_markdown(result["reduce"]))
