@@ -5,6 +5,10 @@
 Rows: op, shape, dtype, backend, ms, TFLOP/s (dense-equivalent 2*M*N*K), speedup_vs_dense.
 Baselines measured in the same run: ``F.linear`` fp16 (backend ``dense``) and
 ``torch._int_mm`` with per-token quantization and scaling in torch (backend ``torch_int8``).
+Where the split-K rule splits a shape (small M), each Triton kernel is also called directly
+(no op dispatch, so both rows carry the same host overhead) with the rule's split (backend
+``triton_splitk``) and with ``split_k=1`` (backend ``triton_nosplit``): one run says whether
+split-K pays.
 Timing: ``triton.testing.do_bench`` (median; it warms up first and clears L2 before every
 repetition), random data. GPU only: on a machine without CUDA it says so and exits 0.
 Results: CSV + JSON (schema of docs/BENCHMARKS.md) under ``--out``.
@@ -81,6 +85,19 @@ def _candidates(o, m, n, k):
         ("sparse24_int8_linear", "triton", lambda: ops.sparse24_int8_linear(
             x, o["values_q"], o["meta_q"], o["w24_scale"], bias, None, backend="triton")),
     ]
+    from sparsedm.kernels import linear
+
+    if linear.split_k_for(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count) > 1:
+        # The rule's split against none, both called directly (docs/KERNELS.md, "Split-K").
+        for backend, split in (("triton_splitk", None), ("triton_nosplit", 1)):
+            cands += [
+                ("sparse24_linear", backend, lambda s=split: linear.sparse24_linear(
+                    x, o["values"], o["meta"], bias, "none", split_k=s)),
+                ("int8_linear", backend, lambda s=split: linear.int8_linear(
+                    x, o["w_q"], o["w_scale"], bias, None, split_k=s)),
+                ("sparse24_int8_linear", backend, lambda s=split: linear.sparse24_int8_linear(
+                    x, o["values_q"], o["meta_q"], o["w24_scale"], bias, None, split_k=s)),
+            ]
     return cands
 
 
@@ -113,7 +130,7 @@ def main(argv=None) -> int:
     info = _env_info()
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
-    header = f"{'op':<22} {'table':<16} {'M':>5} {'N':>5} {'K':>5} {'backend':<11} {'ms':>9} {'TFLOP/s':>8} {'vs dense':>8}"
+    header = f"{'op':<22} {'table':<16} {'M':>5} {'N':>5} {'K':>5} {'backend':<14} {'ms':>9} {'TFLOP/s':>8} {'vs dense':>8}"
     print(f"# {info['gpu']} (sm_{info['capability']}), torch {info['torch']}, triton {info['triton']}")
     print(header)
     for table, m, n, k in _shapes(args.tables.split(","), args.quick):
@@ -123,7 +140,7 @@ def main(argv=None) -> int:
             try:
                 ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
             except Exception as exc:  # one failing candidate must not lose the whole run
-                print(f"{op:<22} {table:<16} {m:>5} {n:>5} {k:>5} {backend:<11} failed: {type(exc).__name__}: {exc}")
+                print(f"{op:<22} {table:<16} {m:>5} {n:>5} {k:>5} {backend:<14} failed: {type(exc).__name__}: {exc}")
                 continue
             if backend == "dense":
                 dense_ms = ms
@@ -132,7 +149,7 @@ def main(argv=None) -> int:
             rows.append({"kind": "kernel", "op": op, "shape": {"M": m, "N": n, "K": k}, "table": table,
                          "dtype": "float16", "backend": backend, "ms": ms, "tflops": tflops,
                          "speedup_vs_dense": speedup, "peak_fraction": None, "gpu": info["gpu"]})
-            print(f"{op:<22} {table:<16} {m:>5} {n:>5} {k:>5} {backend:<11} {ms:>9.4f} {tflops:>8.2f} "
+            print(f"{op:<22} {table:<16} {m:>5} {n:>5} {k:>5} {backend:<14} {ms:>9.4f} {tflops:>8.2f} "
                   f"{(f'{speedup:.2f}x' if speedup else '-'):>8}")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"triton_linear_{info['gpu'].replace(' ', '_')}")
