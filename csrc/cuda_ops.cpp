@@ -6,6 +6,9 @@
 // Compiled to nothing in a CPU-only build.
 #ifdef SPARSEDM_WITH_CUDA
 
+#include <algorithm>
+#include <cstdint>
+
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -39,6 +42,25 @@ void require_cuda_contiguous(const at::Tensor& t, const char* op, const char* na
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// M (tokens) as the int the C entry points take: at most SPARSEDM_MAX_TOKENS (int32 token
+// indices in the kernels; the launchers handle grids past 65535 token tiles themselves).
+int tokens_arg(int64_t M, const char* op) {
+  TORCH_CHECK(M <= SPARSEDM_MAX_TOKENS, op, ": M=", M, " tokens exceed the cuda kernels' limit of ", SPARSEDM_MAX_TOKENS,
+              " (int32 token indices); split the batch (cuda_backend.supports routes such calls to another backend)");
+  return static_cast<int>(M);
+}
+
+// Split-K workspace (docs/KERNELS.md, "Tile configurations and split-K"): the raw accumulators
+// of the K slices, [splits, M, N] float32 (2:4 f16/bf16) or int32 (int8), from torch's caching
+// allocator on the current stream, so the GEMM's launches on that stream are ordered after the
+// allocation and the block returns to the pool when the op returns. Undefined when splits == 1.
+at::Tensor split_k_workspace(int splits, int64_t M, int64_t N, at::ScalarType acc, const at::Tensor& like) {
+  if (splits <= 1) return at::Tensor();
+  return at::empty({splits, M, N}, like.options().dtype(acc));
+}
+
+void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
 const float* opt_f32(const std::optional<at::Tensor>& t, const char* op, const char* name) {
   if (!t.has_value()) return nullptr;
   require_cuda_contiguous(*t, op, name);
@@ -71,9 +93,10 @@ std::tuple<at::Tensor, at::Tensor> relayout(const at::Tensor& src, const std::op
   return {out_w, out_m};
 }
 
+// split_k: 0 = the launcher's rule, n > 0 forces n K slices (tests, benchmarks).
 at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& meta,
                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, int64_t N,
-                         int64_t activation) {
+                         int64_t activation, int64_t split_k) {
   const char* op = "sparsedm::_cuda_sparse24_gemm";
   require_cuda_contiguous(x, op, "x");
   require_cuda_contiguous(w, op, "w");
@@ -89,10 +112,15 @@ at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Ten
     TORCH_CHECK(residual->scalar_type() == x.scalar_type() && residual->numel() == M * N, op, ": residual must match the output");
     res = residual->data_ptr();
   }
+  const int m = tokens_arg(M, op);
+  TORCH_CHECK(split_k >= 0, op, ": split_k must be >= 0 (0 = automatic), got ", split_k);
+  const int splits = sparsedm_cuda_gemm_splits(SPARSEDM_SP16, m, static_cast<int>(N), static_cast<int>(K), static_cast<int>(split_k));
+  at::Tensor ws = split_k_workspace(splits, M, N, at::kFloat, x);
   check_status(sparsedm_cuda_sparse24_gemm(x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
                                            reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"),
-                                           res, y.data_ptr(), static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-                                           dtype_code(x.scalar_type(), op), static_cast<int>(activation), stream_of(x)),
+                                           res, y.data_ptr(), m, static_cast<int>(N), static_cast<int>(K),
+                                           dtype_code(x.scalar_type(), op), static_cast<int>(activation), splits,
+                                           data_or_null(ws), stream_of(x)),
                op);
   return y;
 }
@@ -114,6 +142,7 @@ at::Tensor sparse24_conv2d(const at::Tensor& x, const at::Tensor& w, const at::T
               ": stride, padding and dilation must have 2 elements");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(std::max({N, C, H, W, Cout}) <= INT32_MAX, op, ": every size of x and Cout must fit in int32");
   const int64_t P = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
   const int64_t Q = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
   TORCH_CHECK(P > 0 && Q > 0, op, ": the input is too small for the kernel");
@@ -148,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std:
   const float* ss = opt_f32(static_scale, op, "static_scale");
   check_status(sparsedm_cuda_quantize_rows(x.data_ptr(), dtype_code(x.scalar_type(), op), q.data_ptr<int8_t>(),
                                            s.data_ptr<float>(), ss, ss ? static_cast<int>(static_scale->numel()) : 0,
-                                           static_cast<int>(M), static_cast<int>(K), stream_of(x)),
+                                           tokens_arg(M, op), static_cast<int>(K), stream_of(x)),
                op);
   return {q, s};
 }
@@ -156,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std:
 at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::Tensor& w,
                      const std::optional<at::Tensor>& meta, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& residual, int64_t family, int64_t N, at::ScalarType out_dtype,
-                     int64_t activation) {
+                     int64_t activation, int64_t split_k) {
   const char* op = "sparsedm::_cuda_int8_gemm";
   require_cuda_contiguous(q, op, "q");
   require_cuda_contiguous(w, op, "w");
@@ -177,11 +206,16 @@ at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::T
     TORCH_CHECK(residual->scalar_type() == out_dtype && residual->numel() == M * N, op, ": residual must match the output");
     res = residual->data_ptr();
   }
+  const int m = tokens_arg(M, op);
+  TORCH_CHECK(split_k >= 0, op, ": split_k must be >= 0 (0 = automatic), got ", split_k);
+  const int splits = sparsedm_cuda_gemm_splits(static_cast<int>(family), m, static_cast<int>(N), static_cast<int>(K),
+                                               static_cast<int>(split_k));
+  at::Tensor ws = split_k_workspace(splits, M, N, at::kInt, q);
   check_status(sparsedm_cuda_int8_gemm(static_cast<int>(family), q.data_ptr<int8_t>(), opt_f32(x_scale, op, "x_scale"),
                                        reinterpret_cast<const uint32_t*>(w.data_ptr<int>()), meta_ptr,
-                                       opt_f32(w_scale, op, "w_scale"), opt_f32(bias, op, "bias"), res, y.data_ptr(),
-                                       static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-                                       dtype_code(out_dtype, op), static_cast<int>(activation), stream_of(q)),
+                                       opt_f32(w_scale, op, "w_scale"), opt_f32(bias, op, "bias"), res, y.data_ptr(), m,
+                                       static_cast<int>(N), static_cast<int>(K), dtype_code(out_dtype, op),
+                                       static_cast<int>(activation), splits, data_or_null(ws), stream_of(q)),
                op);
   return y;
 }
@@ -190,14 +224,16 @@ at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::T
 
 TORCH_LIBRARY_FRAGMENT(sparsedm, m) {
   m.def("_cuda_relayout24(Tensor src, Tensor? meta, int family, int N, int K) -> (Tensor, Tensor)");
-  m.def("_cuda_sparse24_gemm(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int N, int activation) -> Tensor");
+  m.def(
+      "_cuda_sparse24_gemm(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int N, int activation, "
+      "int split_k=0) -> Tensor");
   m.def("_cuda_quantize_rows(Tensor x, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def(
       "_cuda_sparse24_conv2d(Tensor x, Tensor w, Tensor meta, Tensor? bias, Tensor? residual, int Cout, int kh, int kw, "
       "int[] stride, int[] padding, int[] dilation, int activation) -> Tensor");
   m.def(
       "_cuda_int8_gemm(Tensor q, Tensor x_scale, Tensor w, Tensor? meta, Tensor w_scale, Tensor? bias, Tensor? residual, "
-      "int family, int N, ScalarType out_dtype, int activation) -> Tensor");
+      "int family, int N, ScalarType out_dtype, int activation, int split_k=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparsedm, CUDA, m) {

@@ -1,5 +1,6 @@
-// C entry points of the load-time kernels (kernels/cuda/relayout.cuh) and the error strings
-// shared by every entry point of gemm_api.h.
+// C entry points of the load-time kernels (kernels/cuda/relayout.cuh), the error strings shared
+// by every entry point of gemm_api.h, and the GEMMs' split-K count (gemm_launch.cuh).
+// Grids here are 1-D (gridDim.x up to 2^31 - 1; the re-layout caps it and loops).
 #include <cuda_runtime.h>
 
 #include "gemm_launch.cuh"
@@ -27,12 +28,19 @@ extern "C" const char* sparsedm_cuda_error_string(int status) {
     case SPARSEDM_ERR_CUDA: return "a CUDA runtime call failed";
     case SPARSEDM_ERR_ALIGN: return "a tensor is not 16-byte aligned";
     case SPARSEDM_ERR_C_ALIGN: return "conv input channels must be a multiple of 8 (the layer stays on another backend)";
+    case SPARSEDM_ERR_TOO_LARGE:
+      return "a size exceeds the kernels' int32 index range (tokens / conv output pixels N*P*Q must be <= 2^31 - 2^18; "
+             "conv: N*H < 2^31 and kh*kw*C <= 2^30); split the batch";
     default: return "unknown error";
   }
 }
 
 extern "C" int sparsedm_cuda_k_multiple(int family) {
   return family == SPARSEDM_SP16 ? layout::Sp16::kKPerStage : layout::Sp8::kKPerStage;
+}
+
+extern "C" int sparsedm_cuda_gemm_splits(int family, int M, int N, int K, int split_k) {
+  return launch::gemm_splits(M, N, K, sparsedm_cuda_k_multiple(family), split_k);
 }
 
 extern "C" long sparsedm_cuda_relayout_words(int family, int N, int K, long* meta_words) {

@@ -10,7 +10,7 @@ namespace {
 
 template <class Traits, class Cfg, class OutT>
 int launch_conv_with(const gemm::GemmParams& p, const layout::ConvGeom& g, cudaStream_t s) {
-  return launch::launch_tiles<Cfg>(gemm::conv_kernel<Traits, Cfg, OutT>, gemm::StageBytes<Traits, Cfg>::kTotal, p.M, p.N, s, p, g);
+  return launch::launch_tiles<Cfg>(gemm::conv_kernel<Traits, Cfg, OutT>, gemm::StageBytes<Traits, Cfg>::kTotal, p, 1, s, g);
 }
 
 template <class Traits, class OutT>
@@ -41,7 +41,10 @@ extern "C" int sparsedm_cuda_sparse24_conv2d(const void* x, const uint32_t* w, c
   if (H + 2 * pad_h - dil_h * (kh - 1) - 1 < 0 || W + 2 * pad_w - dil_w * (kw - 1) - 1 < 0) return SPARSEDM_ERR_BAD_ARG;
   const long M = static_cast<long>(N) * P * Q;
   const long K = static_cast<long>(kh) * kw * C;
-  if (M > (1L << 30) || K > (1L << 30)) return SPARSEDM_ERR_BAD_ARG;  // int32 tile indices
+  // int32 index math: pixel indices (grid::kMaxTokens), n*H of conv_pixel, the tap's k (2^30
+  // keeps k past K and the no-pixel marker -2^30 apart). Grids past 65535 pixel tiles are
+  // split into several launches by launch_tiles, so M is not bounded by the grid.
+  if (M > grid::kMaxTokens || static_cast<long>(N) * H >= (1L << 31) || K > (1L << 30)) return SPARSEDM_ERR_TOO_LARGE;
   if (!launch::aligned16(x) || !launch::aligned16(w) || !launch::aligned16(meta) || !launch::aligned16(y) ||
       (residual && !launch::aligned16(residual)))
     return SPARSEDM_ERR_ALIGN;

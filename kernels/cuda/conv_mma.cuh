@@ -15,7 +15,8 @@
 // Requirements (checked by the launcher, csrc/cuda/sparse24_conv_launch.cu): C % 8 == 0 (a
 // chunk = 8 channels of one tap, 16-byte aligned); Cout % 16 == 0; the weight re-laid out for
 // K padded to a multiple of 64 (zero values, valid meta) and GemmParams::K = that padded K;
-// x, y, residual NHWC contiguous. Torch-free: CUDA runtime headers only.
+// x, y, residual NHWC contiguous; M = N*P*Q <= grid::kMaxTokens and N*H < 2^31 (conv_pixel keeps
+// n*H in int32). Torch-free: CUDA runtime headers only.
 #pragma once
 
 #include "gemm_mma.cuh"
@@ -47,13 +48,15 @@ struct ConvXTile {
   }
 };
 
-// The conv kernel. Grid: (ceil(Cout / BN), ceil(N*P*Q / BT)); block: Cfg::kThreads; dynamic
-// shared memory: StageBytes<Traits, Cfg>::kTotal. p: x = NHWC input, w/meta = re-laid-out
-// weight of the padded K, y/residual = NHWC [N*P*Q, Cout], M = N*P*Q, N = Cout, K = padded K.
+// The conv kernel. Grid: (ceil(Cout / BN), gridDim.y, gridDim.z) with gridDim.y * gridDim.z >=
+// ceil(N*P*Q / BT) pixel tiles (block_first_token: layers of <= 65535 tiles for large M);
+// block: Cfg::kThreads; dynamic shared memory: StageBytes<Traits, Cfg>::kTotal. p: x = NHWC
+// input, w/meta = re-laid-out weight of the padded K, y/residual = NHWC [N*P*Q, Cout],
+// M = N*P*Q, N = Cout, K = padded K.
 template <class Traits, class Cfg, class OutT>
 __global__ void __launch_bounds__(Cfg::kThreads) conv_kernel(const GemmParams p, const layout::ConvGeom geom) {
   extern __shared__ __align__(16) unsigned char smem[];
-  gemm_block<Traits, Cfg, OutT>(p, ConvXTile<Traits, Cfg>(p.x, geom, blockIdx.y * Cfg::kBT), smem);
+  gemm_block<Traits, Cfg, OutT>(p, ConvXTile<Traits, Cfg>(p.x, geom, block_first_token<Cfg>()), smem);
 }
 
 }  // namespace gemm

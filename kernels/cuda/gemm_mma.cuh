@@ -11,9 +11,13 @@
 // metadata fragments (cp.async, read back with one 16-byte / 8-byte load per lane per mma),
 // STAGES stages in flight. Only the mma and the dequantization differ.
 //
+// Split-K (small M, gemm_grid.cuh): gemm_partial_kernel runs the same block over one slice of the
+// K stages (blockIdx.z) and stores raw accumulators; split_k_reduce_kernel sums the slices and
+// applies the same epilogue function (store_output) as the fused kernel.
+//
 // Requirements (checked by the launcher, gemm_api.h): N % 16 == 0; K % 64 == 0 (f16/bf16) or
-// K % 128 == 0 (int8); any M >= 1 (token rows past M are zero-filled and never stored); X, Y,
-// residual row-major contiguous; 16-byte aligned X rows (follows from K).
+// K % 128 == 0 (int8); 1 <= M <= grid::kMaxTokens (token rows past M are zero-filled and
+// never stored; split-K: M <= 65535 * 16); X, Y, residual row-major contiguous; 16-byte aligned X rows (follows from K).
 // Torch-free: CUDA runtime headers only.
 #pragma once
 
@@ -22,6 +26,7 @@
 #include <stdint.h>
 
 #include "mma_layout.cuh"
+#include "gemm_grid.cuh"
 
 namespace sparsedm {
 namespace gemm {
@@ -184,7 +189,41 @@ struct GemmParams {
   void* y;                  // [M, N] row-major, output dtype
   int M, N, K;
   int activation;           // Activation code
+  void* workspace = nullptr;  // split-K only: Acc [splits, M, N] row-major, raw accumulators of each K slice
 };
+
+// First token of this block: token tile blockIdx.z * gridDim.y + blockIdx.y (grid::token_grid:
+// more than 65535 token tiles, e.g. M = 2^22 conv pixels, are laid out as gridDim.z layers;
+// tiles past M, from the last layer's rounding, zero-fill their loads and store nothing). For
+// every grid of at most 65535 token tiles gridDim.z = 1 and this is blockIdx.y * BT as before:
+// built from special registers, which the compiler may re-read, it left every kernel's register
+// count unchanged, where a kernel parameter token_base cost the Large tile 1 to 10 registers.
+// Split-K grids (kSplitK) use blockIdx.z for the K slice and have at most 65535 token tiles.
+template <class Cfg, bool kSplitK = false>
+__device__ __forceinline__ int block_first_token() {
+  return (kSplitK ? static_cast<int>(blockIdx.y) : grid::token_tile(blockIdx.y, blockIdx.z, gridDim.y)) * Cfg::kBT;
+}
+
+// The epilogue of one output element Y[tok, f] (y, res: p.y, p.residual as OutT): dequantize
+// (int8: (acc * s_x) * s_w, each product rounded once, as the reference; no FMA contraction),
+// + bias, activation, + residual (after the activation), cast, store. The fused epilogue of
+// gemm_block and the split-K reduction both call it, so the two paths apply the same float
+// operations to their sums. (y and res come in as arguments because deriving them from p
+// here cost the Sparse8 Small tile 8 registers on sm_80.)
+template <bool kInt8, class OutT, class Acc>
+__device__ __forceinline__ void store_output(const GemmParams& p, OutT* y, const OutT* res, Acc acc, int tok, int f) {
+  float v;
+  if constexpr (kInt8) {
+    v = __fmul_rn(__fmul_rn(static_cast<float>(acc), p.x_scale[tok]), p.w_scale[f]);
+  } else {
+    v = static_cast<float>(acc);
+  }
+  if (p.bias) v = __fadd_rn(v, p.bias[f]);
+  v = apply_activation(v, p.activation);
+  const long off = static_cast<long>(tok) * p.N + f;
+  if (res) v += to_float(res[off]);
+  y[off] = from_float<OutT>(v);
+}
 
 // Tile configuration: WARPS_N x WARPS_T warps; each warp owns WARP_MT 16-feature tiles x
 // WARP_NT 8-token tiles. Block tile: BN = WARPS_N*WARP_MT*16 features, BT = WARPS_T*WARP_NT*8 tokens.
@@ -234,8 +273,11 @@ struct RowMajorXTile {
 
 // The body of one thread block: Y tile [t0 .. t0 + BT) x [mt0*16 .. + BN) of Y [M, N] row-major,
 // X tile from `xtile` (RowMajorXTile or the conv gather), everything else from p. Shared by
-// gemm_kernel and conv_kernel (conv_mma.cuh). smem: StageBytes<Traits, Cfg>::kTotal bytes.
-template <class Traits, class Cfg, class OutT, class XTile>
+// gemm_kernel, gemm_partial_kernel and conv_kernel (conv_mma.cuh). smem:
+// StageBytes<Traits, Cfg>::kTotal bytes. kPartial (split-K): reduce only the K slice
+// blockIdx.z of gridDim.z and store the raw accumulators to p.workspace[blockIdx.z] instead of
+// the epilogue; OutT is then unused. Without it the K range is the compile-time [0, num_kb).
+template <class Traits, class Cfg, class OutT, bool kPartial = false, class XTile>
 __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtile, unsigned char* smem) {
   using S = typename Traits::Shape;
   using Acc = typename Traits::Acc;
@@ -249,8 +291,15 @@ __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtil
   const int n_tiles = p.N / 16;
   const int mt0 = blockIdx.x * Cfg::kTiles;  // first 16-feature tile of this block
   const int tiles_valid = min(Cfg::kTiles, n_tiles - mt0);
-  const int t0 = blockIdx.y * Cfg::kBT;  // first token of this block
+  const int t0 = block_first_token<Cfg, kPartial>();
   const int num_kb = p.K / S::kKPerStage;
+  // K stages [kb0, kb_end) of this block: all of them, or one split-K slice.
+  int kb0 = 0, kb_end = num_kb;
+  if constexpr (kPartial) {
+    const split_k::Range r = split_k::slice_range(num_kb, static_cast<int>(gridDim.z), static_cast<int>(blockIdx.z));
+    kb0 = r.begin;
+    kb_end = r.begin + r.count;
+  }
 
   // Issues the cp.async of stage kb into pipeline slot `slot` (one commit group per stage).
   auto load_stage = [&](int slot, int kb) {
@@ -287,20 +336,21 @@ __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtil
   // Prologue: STAGES-1 stages in flight. Empty groups keep wait_group's count uniform.
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < num_kb) load_stage(s, s);
+    if (kb0 + s < kb_end) load_stage(s, kb0 + s);
     cp_async_commit();
   }
 
-  for (int kb = 0; kb < num_kb; ++kb) {
+  // Stage kb lives in slot (kb - kb0) % STAGES (kb0 = 0 unless split-K).
+  for (int kb = kb0; kb < kb_end; ++kb) {
     cp_async_wait<Cfg::kStages - 2>();
     // Makes stage kb visible to all warps, and proves every warp is done with the slot that
     // the next load overwrites (it held stage kb - 1).
     __syncthreads();
     const int next = kb + Cfg::kStages - 1;
-    if (next < num_kb) load_stage(next % Cfg::kStages, next);
+    if (next < kb_end) load_stage((next - kb0) % Cfg::kStages, next);
     cp_async_commit();
 
-    const unsigned char* xs = smem + (kb % Cfg::kStages) * SB::kStage;
+    const unsigned char* xs = smem + ((kb - kb0) % Cfg::kStages) * SB::kStage;
     const uint32_t* as = reinterpret_cast<const uint32_t*>(xs + SB::kX);
     const uint32_t* ms = reinterpret_cast<const uint32_t*>(xs + SB::kX + SB::kA);
 
@@ -341,10 +391,12 @@ __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtil
   }
   cp_async_wait<0>();  // no copy may outlive the block (empty groups only, but be explicit)
 
-  // Epilogue: dequantize (int8), bias, activation, residual, cast, store. Straight from the
-  // accumulator registers: lanes g = 0..7 of one (t, i) write 8 consecutive features.
+  // Epilogue straight from the accumulator registers: lanes g = 0..7 of one (t, i) write 8
+  // consecutive features. Fused: store_output. Split-K: the raw sums of this slice.
   OutT* y = static_cast<OutT*>(p.y);
   const OutT* res = static_cast<const OutT*>(p.residual);
+  Acc* partial = nullptr;
+  if constexpr (kPartial) partial = static_cast<Acc*>(p.workspace) + static_cast<long>(blockIdx.z) * p.M * p.N;
 #pragma unroll
   for (int a = 0; a < Cfg::kWarpMT; ++a) {
 #pragma unroll
@@ -354,30 +406,53 @@ __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtil
         const int f = (mt0 + warp_n * Cfg::kWarpMT + a) * 16 + layout::acc_row(lane, i);
         const int tok = t0 + (warp_t * Cfg::kWarpNT + b) * 8 + layout::acc_col(lane, i);
         if (f >= p.N || tok >= p.M) continue;
-        float v;
-        if constexpr (Traits::kInt8) {
-          // (acc * s_x) * s_w, each product rounded once, as the reference (no FMA contraction).
-          v = __fmul_rn(__fmul_rn(static_cast<float>(acc[a][b][i]), p.x_scale[tok]), p.w_scale[f]);
-        } else {
-          v = static_cast<float>(acc[a][b][i]);
-        }
-        if (p.bias) v = __fadd_rn(v, p.bias[f]);
-        v = apply_activation(v, p.activation);
-        const long off = static_cast<long>(tok) * p.N + f;
-        if (res) v += to_float(res[off]);
-        y[off] = from_float<OutT>(v);
+        if constexpr (kPartial) partial[static_cast<long>(tok) * p.N + f] = acc[a][b][i];
+        else store_output<Traits::kInt8>(p, y, res, acc[a][b][i], tok, f);
       }
     }
   }
 }
 
-
-// The GEMM kernel. Grid: (ceil(N / BN), ceil(M / BT)); block: Cfg::kThreads; dynamic shared
-// memory: StageBytes<Traits, Cfg>::kTotal bytes. OutT: __half, __nv_bfloat16 or float.
+// The GEMM kernel. Grid: (ceil(N / BN), gridDim.y, gridDim.z) with gridDim.y * gridDim.z >=
+// ceil(M / BT) token tiles (block_first_token); block: Cfg::kThreads; dynamic shared memory:
+// StageBytes<Traits, Cfg>::kTotal bytes. OutT: __half, __nv_bfloat16 or float.
 template <class Traits, class Cfg, class OutT>
 __global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel(const GemmParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  gemm_block<Traits, Cfg, OutT>(p, RowMajorXTile<Traits, Cfg>(p, blockIdx.y * Cfg::kBT), smem);
+  gemm_block<Traits, Cfg, OutT>(p, RowMajorXTile<Traits, Cfg>(p, block_first_token<Cfg>()), smem);
+}
+
+// Split-K first pass. Grid: (ceil(N / BN), ceil(M / BT) <= 65535, splits); block z
+// reduces the stages split_k::slice_range(num_kb, splits, z) and writes its raw accumulators
+// (float32 for Sparse16, int32 for the int8 families) to p.workspace: Acc [splits, M, N].
+template <class Traits, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) gemm_partial_kernel(const GemmParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  gemm_block<Traits, Cfg, void, true>(p, RowMajorXTile<Traits, Cfg>(p, block_first_token<Cfg, true>()), smem);
+}
+
+// Split-K second pass: Y = epilogue(ws[0] + ws[1] + ... + ws[splits - 1]) over Y [M, N], ws =
+// p.workspace (Acc [splits, M, N]). One thread sums the slices of an element in slice order, so
+// two runs give the same bits (and the int32 sums of the int8 families are exact). One element
+// per thread (a warp reads 128 contiguous bytes per slice): with 4 per thread, the silu
+// division's slow-path calls made ptxas spill. Grid: (ceil(N / kReduceThreads),
+// min(M, 65535)), grid-stride over tokens; block: kReduceThreads. No tensor cores: it
+// streams splits * M * N accumulators once, small next to the weight at the M <= 64 it is for.
+constexpr int kReduceThreads = 256;
+template <class Acc, bool kInt8, class OutT>
+__global__ void __launch_bounds__(kReduceThreads) split_k_reduce_kernel(const GemmParams p, int splits) {
+  const long slice = static_cast<long>(p.M) * p.N;
+  const Acc* ws = static_cast<const Acc*>(p.workspace);
+  OutT* y = static_cast<OutT*>(p.y);
+  const OutT* res = static_cast<const OutT*>(p.residual);
+  const int f = blockIdx.x * kReduceThreads + threadIdx.x;
+  if (f >= p.N) return;
+  for (int tok = blockIdx.y; tok < p.M; tok += gridDim.y) {
+    const long e = static_cast<long>(tok) * p.N + f;
+    Acc sum = ws[e];
+    for (int s = 1; s < splits; ++s) sum += ws[s * slice + e];
+    store_output<kInt8>(p, y, res, sum, tok, f);
+  }
 }
 
 }  // namespace gemm
