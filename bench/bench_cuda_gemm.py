@@ -1,11 +1,13 @@
 """Benchmark of the cuda backend's GEMMs against cuBLAS, cuSPARSELt and torch._int_mm.
 
-    python bench/bench_cuda_gemm.py [--out bench/results/cuda_gemm.csv] [--ms 1,128,4096]
+    python bench/bench_cuda_gemm.py [--out bench/results/cuda_gemm.csv] [--ms 1,128,4096] [--split-k 0,1,2,4,8]
 
 Shapes: 4096^3 and the U-ViT-L/2 linears (qkv, proj, fc1, fc2 at D 1024). Timing:
 triton.testing.do_bench (median, warm-up first). Rows: op, shape, dtype, backend, ms, TFLOP/s,
 speedup_vs_dense (dense = F.linear / cuBLAS in the same run), gpu. Without a GPU it says so
-and exits 0.
+and exits 0. ``--split-k`` times the cuda kernels once per listed split-K count (0 = the
+launcher's automatic rule, backend "cuda"; n > 0 forced, backend "cuda_splitk<n>"), the data
+the split rule in docs/KERNELS.md ("Tile configurations and split-K") is to be tuned with.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="CSV file to write")
     ap.add_argument("--ms", default="1,16,128,1024,4096", help="token counts M for the U-ViT-L/2 shapes")
+    ap.add_argument("--split-k", default="0", help="split-K counts of the cuda kernels (0 = automatic), e.g. 0,1,2,4,8")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_cuda_gemm: no CUDA GPU visible; nothing to measure (exit 0)")
@@ -30,13 +33,19 @@ def main(argv=None) -> int:
 
     from sparsedm.formats import compress24, quantize_weight_int8
     from sparsedm.formats.sparse24 import mask24
-    from sparsedm.ops import registry
+    from sparsedm.ops import cuda_backend, registry
 
     reason = registry.get_backend("cuda").unavailable_reason()
     if reason:
         print(f"bench_cuda_gemm: the cuda backend is unavailable: {reason}")
         return 0
     gpu = torch.cuda.get_device_name()
+    split_ks = [int(v) for v in args.split_k.split(",")]
+    saved_split_k = cuda_backend.SPLIT_K
+
+    def cuda_name(split_k):
+        return "cuda" if split_k == 0 else f"cuda_splitk{split_k}"
+
     shapes = [(4096, 4096, 4096)]
     for m in (int(v) for v in args.ms.split(",")):
         shapes += [(m, 3072, 1024), (m, 1024, 1024), (m, 4096, 1024), (m, 1024, 4096)]
@@ -58,9 +67,11 @@ def main(argv=None) -> int:
             values, meta = compress24(w)
             dense_ms = do_bench(lambda: F.linear(x, w))
             row("linear", (m, n, k), dtype, "dense", dense_ms, dense_ms)
-            with registry.use_backend("cuda"):
-                ms = do_bench(lambda: torch.ops.sparsedm.sparse24_linear(x, values, meta, None, "none"))
-            row("sparse24_linear", (m, n, k), dtype, "cuda", ms, dense_ms)
+            for split_k in split_ks:
+                cuda_backend.SPLIT_K = split_k
+                with registry.use_backend("cuda"):
+                    ms = do_bench(lambda: torch.ops.sparsedm.sparse24_linear(x, values, meta, None, "none"))
+                row("sparse24_linear", (m, n, k), dtype, cuda_name(split_k), ms, dense_ms)
             if hasattr(torch, "_cslt_sparse_mm") and torch.backends.cusparselt.is_available():
                 try:
                     wc = torch._cslt_compress(w)
@@ -70,19 +81,22 @@ def main(argv=None) -> int:
                     print(f"  cusparselt skipped: {exc}")
             if dtype == torch.float16:
                 w_q, w_scale = quantize_weight_int8(w.float())
-                with registry.use_backend("cuda"):
-                    ms = do_bench(lambda: torch.ops.sparsedm.int8_linear(x, w_q, w_scale, None, None))
-                row("int8_linear", (m, n, k), dtype, "cuda", ms, dense_ms)
                 vq, vs = quantize_weight_int8(values.float())
-                with registry.use_backend("cuda"):
-                    ms = do_bench(lambda: torch.ops.sparsedm.sparse24_int8_linear(x, vq, meta, vs, None, None))
-                row("sparse24_int8_linear", (m, n, k), dtype, "cuda", ms, dense_ms)
+                for split_k in split_ks:
+                    cuda_backend.SPLIT_K = split_k
+                    with registry.use_backend("cuda"):
+                        ms = do_bench(lambda: torch.ops.sparsedm.int8_linear(x, w_q, w_scale, None, None))
+                    row("int8_linear", (m, n, k), dtype, cuda_name(split_k), ms, dense_ms)
+                    with registry.use_backend("cuda"):
+                        ms = do_bench(lambda: torch.ops.sparsedm.sparse24_int8_linear(x, vq, meta, vs, None, None))
+                    row("sparse24_int8_linear", (m, n, k), dtype, cuda_name(split_k), ms, dense_ms)
                 if m > 16:  # torch._int_mm needs M > 16
                     xq = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
                     sx = torch.rand(m, 1, device="cuda")
                     wt = w_q.t()
                     ms = do_bench(lambda: (torch._int_mm(xq, wt).float() * sx * w_scale).half())
                     row("int8_linear", (m, n, k), dtype, "torch_int_mm", ms, dense_ms)
+    cuda_backend.SPLIT_K = saved_split_k
     if args.out:
         with open(args.out, "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(rows[0]))

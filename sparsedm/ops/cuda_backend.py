@@ -18,6 +18,7 @@ the registry never loads it then; tests import it anyway to check ``supports`` m
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -30,6 +31,26 @@ K_MULTIPLE = {SP16: 64, SP8: 128, D8: 128}  # the kernels' K stage
 N_MULTIPLE = 16
 ACTIVATION_CODES = {name: i for i, name in enumerate(checks.ACTIVATIONS)}
 FLOAT16 = (torch.float16, torch.bfloat16)
+
+# Largest M (tokens, or conv output pixels N*P*Q): SPARSEDM_MAX_TOKENS of csrc/cuda/gemm_api.h,
+# int32 token indices in the kernels (grids past 65535 token tiles are the launcher's business).
+MAX_TOKENS = 2**31 - 2**18
+
+
+def _split_k_from_env() -> int:
+    raw = os.environ.get("SPARSEDM_CUDA_SPLIT_K", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"SPARSEDM_CUDA_SPLIT_K must be a non-negative integer (0 = automatic), got {raw!r}")
+    return int(raw)
+
+
+# Split-K of the cuda GEMMs (docs/KERNELS.md, "Tile configurations and split-K"): 0 lets the
+# launcher choose (it splits only small-M GEMMs whose grid is short of SMs); n > 0 forces n K
+# slices (clamped to the number of K stages) for tests and benchmarks. Read from
+# SPARSEDM_CUDA_SPLIT_K at import; assign this attribute to change it in a running process.
+SPLIT_K = _split_k_from_env()
 
 # WeakTensorKeyDictionary compares keys by identity; a plain WeakKeyDictionary would call
 # Tensor.__eq__ on lookup and fail on the second call with the same weight.
@@ -74,7 +95,16 @@ def _device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
     return None
 
 
-def _shape_reason(op: str, n: int, k: int, family: int) -> Optional[str]:
+def _tokens_reason(op: str, m: int, what: str = "tokens") -> Optional[str]:
+    if m > MAX_TOKENS:
+        return (
+            f"{op}: M={m} {what} exceed the cuda kernels' limit of {MAX_TOKENS} (int32 token indices); "
+            f"this call runs on another backend (split the batch to use it)"
+        )
+    return None
+
+
+def _shape_reason(op: str, n: int, k: int, family: int, m: int = 1) -> Optional[str]:
     if n % N_MULTIPLE:
         return f"{op}: N={n} out features is not a multiple of {N_MULTIPLE}; the cuda kernels need whole 16-row mma tiles (this layer runs on another backend)"
     if k % K_MULTIPLE[family]:
@@ -82,7 +112,7 @@ def _shape_reason(op: str, n: int, k: int, family: int) -> Optional[str]:
             f"{op}: K={k} is not a multiple of {K_MULTIPLE[family]} (the cuda kernel's K tile for "
             f"{'float16/bfloat16' if family == SP16 else 'int8'}); this layer runs on another backend (pad in_features to use it)"
         )
-    return None
+    return _tokens_reason(op, m)
 
 
 def _robust(supports):
@@ -133,14 +163,14 @@ def supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str]
     reason = _float_input_reason("sparse24_linear", x, values, meta, bias)
     if reason:
         return reason
-    return _shape_reason("sparse24_linear", values.shape[0], 2 * values.shape[1], SP16)
+    return _shape_reason("sparse24_linear", values.shape[0], 2 * values.shape[1], SP16, x.numel() // x.shape[-1])
 
 
 def sparse24_linear(x, values, meta, bias, activation):
     n = checks.check_sparse24_linear(x, values, meta, bias, activation)
     k = x.shape[-1]
     w, m = relayout(values, meta, SP16, n, k)
-    y = torch.ops.sparsedm._cuda_sparse24_gemm(_flat(x), w, m, _bias32(bias), None, n, ACTIVATION_CODES[activation])
+    y = torch.ops.sparsedm._cuda_sparse24_gemm(_flat(x), w, m, _bias32(bias), None, n, ACTIVATION_CODES[activation], SPLIT_K)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -155,7 +185,7 @@ def _int8_reason(op, x, n, k, family, tensors) -> Optional[str]:
         return f"{op}: the cuda kernel takes float16, bfloat16 or float32 x, got {x.dtype}"
     if x.numel() == 0:
         return f"{op}: empty input"
-    return _shape_reason(op, n, k, family)
+    return _shape_reason(op, n, k, family, x.numel() // x.shape[-1])
 
 
 def supports_int8_linear(x, w_q, w_scale, bias, x_scale) -> Optional[str]:
@@ -173,7 +203,7 @@ def _int8_run(x, family, w, m, n, w_scale, bias, x_scale):
     static = None if x_scale is None else x_scale.to(torch.float32).reshape(-1).contiguous()
     q, s_x = torch.ops.sparsedm._cuda_quantize_rows(xf, static)
     y = torch.ops.sparsedm._cuda_int8_gemm(
-        q, s_x, w, m, w_scale.to(torch.float32).contiguous(), _bias32(bias), None, family, n, x.dtype, 0
+        q, s_x, w, m, w_scale.to(torch.float32).contiguous(), _bias32(bias), None, family, n, x.dtype, 0, SPLIT_K
     )
     return y.reshape(*x.shape[:-1], n)
 
@@ -214,6 +244,31 @@ def supports_sparse24_conv2d(x, values, meta, bias, weight_shape, stride, paddin
         )
     if cout % N_MULTIPLE:
         return f"sparse24_conv2d: Cout={cout} is not a multiple of {N_MULTIPLE}; the cuda kernel needs whole 16-row mma tiles (this layer runs on another backend)"
+    return _conv_size_reason(x, weight_shape, stride, padding, dilation)
+
+
+def _conv_size_reason(x, weight_shape, stride, padding, dilation) -> Optional[str]:
+    """The int32 index limits of the conv kernel (csrc/cuda/sparse24_conv_launch.cu); malformed
+    geometry is left to the op's checks."""
+    if x.dim() != 4:
+        return None
+    _, cin, kh, kw = weight_shape
+    try:
+        stride, padding, dilation = (
+            checks._pair("sparse24_conv2d", name, v) for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation))
+        )
+    except checks.OpArgumentError:
+        return None
+    batch, _, h, w = x.shape
+    p, q = checks.conv_output_hw(h, w, kh, kw, stride, padding, dilation)
+    reason = _tokens_reason("sparse24_conv2d", batch * max(p, 0) * max(q, 0), "output pixels (N*P*Q)")
+    if reason:
+        return reason
+    if batch * h >= 2**31 or kh * kw * cin > 2**30:
+        return (
+            f"sparse24_conv2d: N*H={batch * h} or K=kh*kw*Cin={kh * kw * cin} exceeds the cuda kernel's int32 index "
+            f"range (N*H < 2^31, K <= 2^30); this call runs on another backend (split the batch to use it)"
+        )
     return None
 
 

@@ -3,6 +3,7 @@ backend says why it is unavailable, and ``supports`` gives readable reasons."""
 
 import importlib
 
+import pytest
 import torch
 
 from sparsedm.formats import compress24
@@ -72,3 +73,37 @@ def test_relayout_cache_hits_and_invalidates(monkeypatch):
     other_values, other_meta = compress24(_pruned(torch.randn(32, 64)))
     cuda_backend.relayout(other_values, other_meta, cuda_backend.SP16, 32, 64)
     assert len(calls) == 3
+
+
+def test_token_limit_reasons():
+    """The one size limit left (int32 token indices, csrc/cuda/gemm_api.h SPARSEDM_MAX_TOKENS):
+    no 65535 grid limit, a readable reason past 2^31 - 2^18 tokens. Meta tensors: no memory."""
+    from sparsedm.ops import cuda_backend
+
+    assert cuda_backend.MAX_TOKENS == 2**31 - 2**18
+    assert cuda_backend._tokens_reason("int8_linear", 65536 * 64 + 1) is None
+    assert cuda_backend._shape_reason("int8_linear", 32, 128, cuda_backend.D8, cuda_backend.MAX_TOKENS) is None
+    msg = cuda_backend._shape_reason("int8_linear", 32, 128, cuda_backend.D8, cuda_backend.MAX_TOKENS + 1)
+    assert msg and f"M={cuda_backend.MAX_TOKENS + 1}" in msg and "another backend" in msg
+
+    def conv_reason(n, c, h, w, kh=3, stride=1, padding=1):
+        x = torch.empty(n, c, h, w, device="meta")
+        return cuda_backend._conv_size_reason(x, [16, c, kh, kh], [stride, 1], [padding, padding], [1, 1])
+
+    assert conv_reason(64, 8, 256, 256) is None  # M = 2^22 pixels: 65536 tiles of 64, two grid layers
+    reason = conv_reason(2**15 + 1, 8, 256, 256)  # M past 2^31 - 2^18
+    assert reason and "N*P*Q" in reason
+    reason = conv_reason(2**11, 8, 2**20, 1, kh=1, stride=2**20, padding=0)  # 2^11 pixels, but N*H = 2^31
+    assert reason and "N*H" in reason
+
+
+def test_split_k_env_var(monkeypatch):
+    from sparsedm.ops import cuda_backend
+
+    monkeypatch.delenv("SPARSEDM_CUDA_SPLIT_K", raising=False)
+    assert cuda_backend._split_k_from_env() == 0
+    monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", "3")
+    assert cuda_backend._split_k_from_env() == 3
+    monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", "-1")
+    with pytest.raises(ValueError, match="SPARSEDM_CUDA_SPLIT_K"):
+        cuda_backend._split_k_from_env()
