@@ -29,6 +29,24 @@ TUS = {
     # implicit-GEMM 2:4 conv: {f16, bf16} x {large, small} tiles, one TU (compile time ~8 s/arch).
     "sparse24_conv_launch": (r"HMMA\.SP\.16832\.F32(?!\.BF16)", r"HMMA\.SP\.16832\.F32\.BF16", r"LDGSTS"),
 }
+# Kernel instantiations each TU must contain (demangled-name substrings -> count), so that a
+# kernel dropped from a TU cannot pass the spill check by absence. Split-K (small M): one
+# partial kernel per family (Small tile; raw sums, no output dtype) and one reduction per
+# (accumulator, output dtype).
+KERNELS = {
+    "sparse24_gemm_launch": {"gemm_kernel<": 4, "gemm_partial_kernel<": 2, "split_k_reduce_kernel<float, false": 2},
+    "int8_gemm_launch": {"gemm_kernel<": 12, "gemm_partial_kernel<": 2, "split_k_reduce_kernel<int, true": 3},
+    "relayout_launch": {"relayout_weight_kernel<": 3, "relayout_meta_kernel<": 2, "quantize_rows_kernel<": 3},
+    "sparse24_conv_launch": {"conv_kernel<": 4},
+}
+# Per-kernel SASS: the split-K partial kernels run the tensor-core main loop; the reduction
+# kernels only add and run the epilogue (no mma at all).
+KERNEL_SASS = {
+    "gemm_partial_kernel<": r"HMMA\.SP\.16832|IMMA\.SP\.16864|IMMA\.16832",
+}
+KERNEL_SASS_ABSENT = {
+    "split_k_reduce_kernel<": r"HMMA|IMMA",
+}
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NVCC), reason="nvcc not found (set CUDA_HOME)")
 
@@ -40,6 +58,28 @@ def _cuobjdump():
         return shutil.which("cuobjdump")
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     return path if os.path.exists(path) else shutil.which("cuobjdump")
+
+
+def _demangle(names):
+    tool = shutil.which("c++filt")
+    if tool is None or not names:
+        return {n: n for n in names}
+    out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def _ptxas_entries(log):
+    """{demangled kernel name: (registers, spill stores, spill loads, stack bytes)} of a ptxas -v log."""
+    blocks = re.findall(r"Compiling entry function '(\w+)' for '\w+'\n(.*?)(?=ptxas info    : Compiling|\Z)", log, re.S)
+    names = _demangle([name for name, _ in blocks])
+    entries = {}
+    for name, body in blocks:
+        regs = re.search(r"Used (\d+) registers", body)
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", body)
+        stack = re.search(r"(\d+) bytes stack frame", body)
+        entries[names[name]] = (int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1,
+                                int(spill.group(2)) if spill else -1, int(stack.group(1)) if stack else -1)
+    return entries
 
 
 def _compile(tu, arch, out_dir):
@@ -54,7 +94,9 @@ def _compile(tu, arch, out_dir):
 def compiled(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("nvcc"))
     jobs = [(tu, arch) for tu in TUS for arch in ARCHS]
-    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    # SPARSEDM_NVCC_JOBS: parallel nvcc runs (default: one per CPU; 1 on a shared machine).
+    jobs_env = int(os.environ.get("SPARSEDM_NVCC_JOBS", "0") or 0)
+    with cf.ThreadPoolExecutor(max_workers=jobs_env or os.cpu_count() or 2) as pool:
         results = list(pool.map(lambda j: _compile(*j, out), jobs))
     return {(tu, arch): (obj, res) for tu, arch, obj, res in results}
 
@@ -69,9 +111,21 @@ def test_compiles_without_spills(compiled, tu, arch):
     assert spills, "ptxas -v printed no spill report"
     bad = [s for s in spills if s != ("0", "0")]
     assert not bad, f"ptxas reports spills for {tu} sm_{arch}:\n{log}"
-    regs = re.findall(r"Compiling entry function '(\w+)'.*?Used (\d+) registers", log, re.S)
-    for name, n in regs:
-        print(f"sm_{arch} {tu}: {n} registers  {name[:90]}")
+    entries = _ptxas_entries(log)
+    for name, (regs, stores, loads, stack) in sorted(entries.items()):
+        print(f"sm_{arch} {tu}: {regs} registers, {stores}/{loads} spill bytes, {stack} stack  {name[:110]}")
+        assert (stores, loads) == (0, 0), f"{name} spills on sm_{arch}"
+        assert stack == 0, f"{name} has a {stack}-byte stack frame on sm_{arch} (a call or local array)"
+    for pattern, count in KERNELS[tu].items():
+        found = [n for n in entries if pattern in n]
+        assert len(found) == count, f"{tu} sm_{arch}: expected {count} kernels matching {pattern!r}, ptxas compiled {found}"
+
+
+def _sass_functions(sass):
+    """{demangled function name: its SASS text} of a cuobjdump -sass listing."""
+    parts = re.split(r"\n\s*Function : (\S+)\n", sass)
+    names = _demangle(parts[1::2])
+    return {names[n]: body for n, body in zip(parts[1::2], parts[2::2])}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -85,6 +139,17 @@ def test_sass_uses_tensor_cores(compiled, tu, arch):
     sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True, check=True).stdout
     for pattern in TUS[tu]:
         assert re.search(pattern, sass), f"{tu} sm_{arch}: SASS has no {pattern}"
+    functions = _sass_functions(sass)
+    for kernel, pattern in KERNEL_SASS.items():
+        names = [n for n in functions if kernel in n]
+        assert len(names) == sum(c for k, c in KERNELS[tu].items() if k.startswith(kernel)), f"{tu}: {kernel} kernels {names}"
+        for name in names:
+            assert re.search(pattern, functions[name]), f"{name} sm_{arch}: SASS has no {pattern}"
+    for kernel, pattern in KERNEL_SASS_ABSENT.items():
+        names = [n for n in functions if kernel in n]
+        assert len(names) == sum(c for k, c in KERNELS[tu].items() if k.startswith(kernel)), f"{tu}: {kernel} kernels {names}"
+        for name in names:
+            assert not re.search(pattern, functions[name]), f"{name} sm_{arch}: SASS has {pattern} (it needs no mma)"
 
 
 def test_torch_glue_syntax():

@@ -128,6 +128,31 @@ def test_private_op_residual_and_relayout_cache():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n,hw", [(64, 256), (65, 255)], ids=["2^22-pixels", "odd"])
+def test_huge_m_conv_grid_layers(n, hw):
+    """More than 65535 pixel tiles of 64 (a 3x3 conv on 256x256 at batch 64: M = 2^22 pixels): the
+    grid is laid out in gridDim.z layers (docs/KERNELS.md, "Grid and token limits"). Images on
+    both sides of the layer boundary and the last one against the float64 reference."""
+    _need_cuda_backend()
+    torch.manual_seed(n)
+    cin, cout = 8, 16
+    values, meta = _conv_weight(cout, cin, 3, 3, torch.float16)
+    x = torch.randn(n, cin, hw, hw, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    args = (values, meta, None, [cout, cin, 3, 3], [1, 1], [1, 1], [1, 1], "none")
+    with registry.use_backend("cuda"):
+        y = torch.ops.sparsedm.sparse24_conv2d(x, *args)
+    tiles = -(-n * hw * hw // 64)
+    layers = -(-tiles // 65535)
+    assert layers == 2
+    boundary_image = (-(-tiles // layers) * 64) // (hw * hw)  # image holding the first pixel of layer 2
+    images = sorted({0, boundary_image - 1, boundary_image, boundary_image + 1, n - 1})
+    ref = reference.sparse24_conv2d(x[images].double(), values.double(), meta, None, *args[3:])
+    assert not y.isnan().any()
+    err = _rel_err(y[images], ref)
+    assert err < 3e-3, f"rel err {err:.2e}"
+
+
+@pytest.mark.gpu
 def test_unsupported_convs_fall_back_with_reasons():
     _need_cuda_backend()
     from sparsedm.ops import cuda_backend

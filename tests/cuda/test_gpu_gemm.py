@@ -115,3 +115,142 @@ def test_unsupported_shapes_give_reasons():
     with pytest.raises(registry.BackendUnavailableError, match="multiple of"):
         with registry.use_backend("cuda"):
             torch.ops.sparsedm.sparse24_linear(x, values, meta, None, "none")
+
+
+# ---- split-K (docs/KERNELS.md, "Tile configurations and split-K") ---------------------------
+# Forced slice counts (cuda_backend.SPLIT_K, what SPARSEDM_CUDA_SPLIT_K sets) against the
+# reference for the three families at small M with the U-ViT-L/2 shapes. 1 = the fused kernel;
+# 3, 5, 7 leave uneven slices (K stages: 16 / 64 for f16 K = 1024 / 4096, 8 / 32 for int8);
+# 64 is clamped to the K stages (one stage per slice: shorter than the 4-stage pipeline).
+SPLITS = (1, 2, 3, 5, 7, 64)
+SPLIT_MS = (1, 7, 33)
+FAMILIES = ("sparse16", "sparse8", "dense8")
+
+
+def _family_call(family, n, k, m, dtype, activation="silu", seed=0):
+    """(op, args, reference output) of one GEMM family with random data, bias on."""
+    torch.manual_seed(seed)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    bias = torch.randn(n, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda") / k**0.5
+    if family == "sparse16":
+        values, meta = compress24(_pruned(w.to(dtype)))
+        args = (x, values, meta, bias, activation)
+        ref = reference.sparse24_linear(x.double(), values.double(), meta, bias.double(), activation)
+        return torch.ops.sparsedm.sparse24_linear, args, ref
+    if family == "sparse8":
+        values, meta = compress24(_pruned(w))
+        values_q, w_scale = quantize_weight_int8(values)
+        args = (x, values_q, meta, w_scale, bias, None)
+        return torch.ops.sparsedm.sparse24_int8_linear, args, reference.sparse24_int8_linear(*args)
+    w_q, w_scale = quantize_weight_int8(w)
+    args = (x, w_q, w_scale, bias, None)
+    return torch.ops.sparsedm.int8_linear, args, reference.int8_linear(*args)
+
+
+def _run_split(monkeypatch, op, args, splits):
+    from sparsedm.ops import cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "SPLIT_K", splits)
+    with registry.use_backend("cuda"):
+        return op(*args)
+
+
+def _check_family(family, y, ref):
+    assert not y.isnan().any()
+    if family == "sparse16":
+        err = _rel_err(y, ref)
+        tol = 1e-2 if y.dtype == torch.bfloat16 else 3e-3
+        assert err < tol, f"rel err {err:.2e}, max abs {(y.double() - ref.double()).abs().max():.3e}"
+    else:  # exact int32 sums: equal to the reference up to rare rounding differences
+        mismatch = (y != ref).float().mean().item()
+        max_err = (y.float() - ref.float()).abs().max().item()
+        assert mismatch < 1e-3, f"{mismatch:.2%} elements differ; max abs {max_err:.3e}"
+        assert max_err <= 1e-2 * ref.float().abs().max().item(), f"max abs error {max_err:.3e}"
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize("m", SPLIT_MS)
+@pytest.mark.parametrize("n,k", UVIT["L2"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_split_k_matches_reference(monkeypatch, family, n, k, m, splits):
+    _need_cuda_backend()
+    op, args, ref = _family_call(family, n, k, m, torch.float16, seed=n + k + m + splits)
+    y = _run_split(monkeypatch, op, args, splits)
+    assert y.shape == (m, n) and y.dtype == torch.float16
+    _check_family(family, y, ref)
+    if family != "sparse16":
+        # The int32 slice sums add up to exactly the fused kernel's int32 sum, and the epilogue
+        # is the same function: split and fused outputs are bit-identical.
+        assert torch.equal(y, _run_split(monkeypatch, op, args, 1))
+
+
+@pytest.mark.parametrize("family,dtype", [("sparse16", torch.float16), ("sparse16", torch.bfloat16),
+                                          ("sparse8", torch.float16), ("sparse8", torch.bfloat16), ("sparse8", torch.float32),
+                                          ("dense8", torch.float32)])
+@pytest.mark.parametrize("activation", checks.ACTIVATIONS)
+def test_split_k_epilogue_every_output_dtype(monkeypatch, family, dtype, activation):
+    """Every reduction kernel instantiation (float32 sums -> f16/bf16, int32 sums -> f16/bf16/f32)
+    with every activation; the int8 reference has no activation, so int8 runs use its output."""
+    _need_cuda_backend()
+    act = activation if family == "sparse16" else "none"
+    if family != "sparse16" and activation != "none":
+        pytest.skip("the int8 ops have no activation argument")
+    op, args, ref = _family_call(family, 1024, 4096, 7, dtype, activation=act, seed=3)
+    y = _run_split(monkeypatch, op, args, 5)
+    assert y.dtype == dtype
+    _check_family(family, y, ref)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_split_k_is_deterministic(monkeypatch, family):
+    """Slices are summed in slice order by one thread per element: two runs are bit-equal."""
+    _need_cuda_backend()
+    op, args, _ = _family_call(family, 1024, 4096, 33, torch.float16, seed=11)
+    y1 = _run_split(monkeypatch, op, args, 7)
+    y2 = _run_split(monkeypatch, op, args, 7)
+    assert torch.equal(y1, y2)
+
+
+def test_split_k_private_op_residual_and_auto_rule():
+    """The private op's split_k argument with a residual (added after the activation), and the
+    automatic rule (split_k=0) at M = 1, where it splits the U-ViT-L/2 proj layer."""
+    _need_cuda_backend()
+    from sparsedm.ops import cuda_backend
+
+    torch.manual_seed(5)
+    n, k, m = 1024, 1024, 3
+    values, meta = _sparse_weight(n, k, torch.float16)
+    w, mw = cuda_backend.relayout(values, meta, cuda_backend.SP16, n, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    res = torch.randn(m, n, device="cuda", dtype=torch.float16)
+    bias = torch.randn(n, device="cuda")
+    gelu = cuda_backend.ACTIVATION_CODES["gelu"]
+    ref = reference.sparse24_linear(x.double(), values.double(), meta, bias.double(), "gelu") + res.double()
+    for split_k in (0, 1, 3, 16):
+        y = torch.ops.sparsedm._cuda_sparse24_gemm(x, w, mw, bias, res, n, gelu, split_k)
+        assert _rel_err(y, ref) < 3e-3, f"split_k={split_k}"
+
+
+def test_huge_m_grid_layers():
+    """M past 65535 token tiles of the large tile (65535 * 64): the grid is laid out in gridDim.z
+    layers. Rows near the layer boundary and the last rows against the reference."""
+    _need_cuda_backend()
+    torch.manual_seed(7)
+    m, n, k = 65535 * 64 + 1000, 16, 128  # 2 layers, the last one short
+    w = torch.randn(n, k, device="cuda")
+    w_q, w_scale = quantize_weight_int8(w)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    with registry.use_backend("cuda"):
+        y = torch.ops.sparsedm.int8_linear(x, w_q, w_scale, None, None)
+    tiles = -(-m // 64)
+    boundary = -(-tiles // 2) * 64  # first token of the second layer: gridDim.y = ceil(tiles / 2)
+    rows = torch.cat([torch.arange(0, 256), torch.arange(boundary - 256, boundary + 256), torch.arange(m - 256, m)]).cuda()
+    ref = reference.int8_linear(x[rows], w_q, w_scale, None, None)
+    assert torch.equal(y[rows], ref) or (y[rows] != ref).float().mean().item() < 1e-3
+    values, meta = _sparse_weight(n, 64, torch.float16)
+    x16 = torch.randn(m, 64, device="cuda", dtype=torch.float16)
+    with registry.use_backend("cuda"):
+        y16 = torch.ops.sparsedm.sparse24_linear(x16, values, meta, None, "none")
+    ref16 = reference.sparse24_linear(x16[rows].double(), values.double(), meta, None, "none")
+    assert _rel_err(y16[rows], ref16) < 3e-3
