@@ -12,20 +12,11 @@
 #include <vector>
 
 #include "gemm_grid.cuh"
+#include "host_check.h"
 
 using namespace sparsedm;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond);    \
-      ++failures;                                                                 \
-    }                                                                             \
-  } while (0)
 
 // One layered grid: limits, waste, and (for small grids) that the block -> tile map is a
 // bijection onto [0, y * z) whose first `tiles` values are the real tiles.
@@ -161,10 +152,5 @@ int main() {
     EXPECT(f16[1][0] == expect_f16_m1_132[i]);
   }
 
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return EXIT_FAILURE;
-  }
-  std::printf("gemm_grid: all checks passed\n");
-  return EXIT_SUCCESS;
+  return host_check::finish("gemm_grid");
 }

@@ -3,16 +3,7 @@
 #include <cstdlib>
 
 #include "sparse24_meta.cuh"
-
-static int failures = 0;
-
-#define EXPECT(cond)                                                     \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                        \
-    }                                                                    \
-  } while (0)
+#include "host_check.h"
 
 int main() {
   // Exactly the 6 pairs i0 < i1 are valid nibbles.
@@ -37,10 +28,5 @@ int main() {
   // The worked example of docs/FORMAT.md: groups kept (1,3), (0,1) -> byte 0x4D.
   EXPECT(sparsedm::meta_byte(sparsedm::meta_nibble(1, 3), sparsedm::meta_nibble(0, 1)) == 0x4Du);
 
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return EXIT_FAILURE;
-  }
-  std::printf("sparse24_meta: all checks passed\n");
-  return EXIT_SUCCESS;
+  return host_check::finish("sparse24_meta");
 }
