@@ -147,7 +147,9 @@ def _model(args: argparse.Namespace) -> int:
         base=base,
     )
     print(terminal_table(rows))
-    paths = write_results(rows, header(device), args.out, f"model-{spec.name}")
+    # The loop setting is part of the name, so eager and CUDA-graph runs of one model sit side by side.
+    setting = ("-graph" if args.cuda_graph else "") + ("-compile" if args.compile else "")
+    paths = write_results(rows, header(device), args.out, f"model-{spec.name}{setting}")
     print("\nwrote " + ", ".join(paths.values()))
     return 0
 
