@@ -532,8 +532,9 @@ def _cuda_sm_count(index: int) -> int:
 
 
 def _sm_count(device: torch.device) -> Optional[int]:
-    """Streaming multiprocessors of ``device``; None off CUDA (the interpreter has no SMs)."""
-    if device.type != "cuda":
+    """Streaming multiprocessors of ``device``; None off CUDA and in the interpreter (it has no
+    SMs, even when it runs on CUDA tensors), so ``split_k_for`` splits there only when forced."""
+    if INTERPRET or device.type != "cuda":
         return None
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 

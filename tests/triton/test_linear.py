@@ -466,6 +466,17 @@ def test_split_k_rule():
                         assert tiles * split <= 2 * sm and 32 * split * m <= k, (m, n, k, sm, split)
 
 
+def test_split_k_rule_has_no_sm_count_in_the_interpreter():
+    """The interpreter reports no SM count even for CUDA tensors (device_reason admits them), so
+    the rule never splits there unasked; only a GPU run asks the device."""
+    from sparsedm.kernels import linear
+
+    if not linear.INTERPRET:
+        pytest.skip("interpreter only")
+    assert linear._sm_count(torch.device("cpu")) is None
+    assert linear._sm_count(torch.device("cuda", 0)) is None
+
+
 def test_split_k_rule_drives_the_ops(request, monkeypatch):
     """With an SM count (faked here; a GPU reports one) the ops split by the rule, unasked."""
     from sparsedm.kernels import linear
