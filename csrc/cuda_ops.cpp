@@ -61,6 +61,11 @@ at::Tensor split_k_workspace(int splits, int64_t M, int64_t N, at::ScalarType ac
 
 void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
+// The split_k argument (>= 0, checked) as the int of sparsedm_cuda_gemm_splits: a count past
+// INT32_MAX is clamped like every count past the K stages (a plain cast would wrap it to 0 =
+// automatic, or to a negative count).
+int forced_splits(int64_t split_k) { return static_cast<int>(std::min<int64_t>(split_k, INT32_MAX)); }
+
 const float* opt_f32(const std::optional<at::Tensor>& t, const char* op, const char* name) {
   if (!t.has_value()) return nullptr;
   require_cuda_contiguous(*t, op, name);
@@ -114,7 +119,7 @@ at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Ten
   }
   const int m = tokens_arg(M, op);
   TORCH_CHECK(split_k >= 0, op, ": split_k must be >= 0 (0 = automatic), got ", split_k);
-  const int splits = sparsedm_cuda_gemm_splits(SPARSEDM_SP16, m, static_cast<int>(N), static_cast<int>(K), static_cast<int>(split_k));
+  const int splits = sparsedm_cuda_gemm_splits(SPARSEDM_SP16, m, static_cast<int>(N), static_cast<int>(K), forced_splits(split_k));
   at::Tensor ws = split_k_workspace(splits, M, N, at::kFloat, x);
   check_status(sparsedm_cuda_sparse24_gemm(x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
                                            reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"),
@@ -209,7 +214,7 @@ at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::T
   const int m = tokens_arg(M, op);
   TORCH_CHECK(split_k >= 0, op, ": split_k must be >= 0 (0 = automatic), got ", split_k);
   const int splits = sparsedm_cuda_gemm_splits(static_cast<int>(family), m, static_cast<int>(N), static_cast<int>(K),
-                                               static_cast<int>(split_k));
+                                               forced_splits(split_k));
   at::Tensor ws = split_k_workspace(splits, M, N, at::kInt, q);
   check_status(sparsedm_cuda_int8_gemm(static_cast<int>(family), q.data_ptr<int8_t>(), opt_f32(x_scale, op, "x_scale"),
                                        reinterpret_cast<const uint32_t*>(w.data_ptr<int>()), meta_ptr,

@@ -18,7 +18,7 @@ static_assert(SPARSEDM_MAX_TOKENS == grid::kMaxTokens, "gemm_api.h and gemm_grid
 //    weight fragment (8 token tiles) for compute-bound shapes.
 //  - Small: 4x1 warps of 16 features x 16 tokens -> 64 x 16 block tile; for few tokens (the
 //    weight stream dominates) and for grids the large tile would leave short of SMs. Split-K
-//    (split_k.cuh) runs on it only: it exists for M <= 64, where the Small tile is the one used.
+//    (gemm_grid.cuh) runs on it only: it exists for M <= 64, where the Small tile is the one used.
 using LargeSparse = gemm::TileConfig<2, 2, 4, 4, 4>;
 using LargeDense = gemm::TileConfig<2, 2, 4, 4, 3>;  // 24 KiB stages: 3 fit sm_86's 99 KiB
 using Small = gemm::TileConfig<4, 1, 1, 2, 4>;

@@ -43,7 +43,7 @@ extern "C" int sparsedm_cuda_sparse24_conv2d(const void* x, const uint32_t* w, c
   const long K = static_cast<long>(kh) * kw * C;
   // int32 index math: pixel indices (grid::kMaxTokens), n*H of conv_pixel, the tap's k (2^30
   // keeps k past K and the no-pixel marker -2^30 apart). Grids past 65535 pixel tiles are
-  // split into several launches by launch_tiles, so M is not bounded by the grid.
+  // laid out in gridDim.z layers by launch_tiles (one launch), so M is not bounded by the grid.
   if (M > grid::kMaxTokens || static_cast<long>(N) * H >= (1L << 31) || K > (1L << 30)) return SPARSEDM_ERR_TOO_LARGE;
   if (!launch::aligned16(x) || !launch::aligned16(w) || !launch::aligned16(meta) || !launch::aligned16(y) ||
       (residual && !launch::aligned16(residual)))
