@@ -537,3 +537,34 @@ def test_gpu_uvit_linears(request, dtype, k, n, m):
         for mode in ("dynamic", "static", "per_token"):
             y, ref = _run_int8(sparse, x, w_q, w_scale, bias, _x_scale(mode, x, gen))
             _assert_close(y, ref, *INT8_TOL[dtype], f"int8 sparse={sparse} {mode} M={m} K={k} N={n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [2, 3, 5])
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("k,n", UVIT_L2)
+def test_gpu_forced_split_k(request, monkeypatch, k, n, m, split):
+    """Forced splits on the real configs (uneven slices: 5 does not divide the K steps), fp16
+    and both int8 families, against the reference; int8 bit-equal to the unsplit kernel."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(n, k, gen, torch.float16)
+    x = _randn(m, k, gen=gen, dtype=torch.float16)
+    bias = _randn(n, gen=gen, dtype=torch.float16)
+    reductions = _Reductions(monkeypatch)
+    y = linear.sparse24_linear(x, values, meta, bias, "gelu", split_k=split)
+    assert reductions.launches == 1
+    ref = ops.sparse24_linear(x, values, meta, bias, "gelu", backend="reference")
+    _assert_close(y, ref, *REF_TOL[torch.float16], f"sparse24_linear split_k={split} M={m} K={k} N={n}")
+    for sparse in (False, True):
+        w_q, w_scale = _int8_weight(n, k, sparse, gen)
+        if sparse:
+            values_q, meta_q = compress24(w_q)
+            run = lambda s: linear.sparse24_int8_linear(x, values_q, meta_q, w_scale, bias, None, split_k=s)  # noqa: E731
+        else:
+            run = lambda s: linear.int8_linear(x, w_q, w_scale, bias, None, split_k=s)  # noqa: E731
+        y8 = run(split)
+        assert torch.equal(y8, run(1)), f"int8 sparse={sparse} split_k={split} differs from the unsplit GEMM"
+        ref8 = _run_int8(sparse, x, w_q, w_scale, bias, None)[1]
+        _assert_close(y8, ref8, *INT8_TOL[torch.float16], f"int8 sparse={sparse} split_k={split} M={m} K={k} N={n}")
