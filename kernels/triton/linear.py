@@ -649,32 +649,35 @@ def sparse24_linear(x, values, meta, bias, activation, *, split_k: Optional[int]
     return y.reshape(*x.shape[:-1], n)
 
 
-def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale, split_k) -> torch.Tensor:
+def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale, activation, split_k) -> torch.Tensor:
     x2d = _flatten(x)
     if x_scale is None:  # dynamic per-token scales: one fused absmax + quantize pass first
         x_codes, scales = quantize_rows(x2d)
-        y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=scales, split_k=split_k)
+        y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, w_scale=w_scale,
+                         x_scale=scales, split_k=split_k)
     else:  # given scales: x is quantized tile by tile inside the GEMM, no extra pass
-        y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, w_scale=w_scale, x_scale=x_scale,
-                         quantize_x=True, split_k=split_k)
+        y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, w_scale=w_scale,
+                         x_scale=x_scale, quantize_x=True, split_k=split_k)
     return y.reshape(*x.shape[:-1], n)
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale, *, split_k: Optional[int] = None) -> torch.Tensor:
-    """W8A8 ``(q(x) @ w_q^T) * s_x * s_w + bias`` (DESIGN.md int8 contract).
+def int8_linear(x, w_q, w_scale, bias, x_scale, activation: str = "none", *, split_k: Optional[int] = None
+                ) -> torch.Tensor:
+    """W8A8 ``act((q(x) @ w_q^T) * s_x * s_w + bias)`` (DESIGN.md int8 contract).
 
     x [..., K] float16/bfloat16/float32; w_q int8 [N, K]; w_scale [N]; bias [N] or None;
     x_scale None (per-token dynamic), one element (static) or shape x.shape[:-1]; ``split_k``
     as in ``sparse24_linear`` (any split gives the same bits: the int32 sums are exact).
     """
-    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
-    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale, split_k)
+    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale, activation, split_k)
 
 
-def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, *, split_k: Optional[int] = None) -> torch.Tensor:
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation: str = "none", *,
+                         split_k: Optional[int] = None) -> torch.Tensor:
     """int8 GEMM with a 2:4 int8 weight: values_q int8 [N, K/2], meta uint8 [N, K/8]; else as int8_linear."""
-    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
-    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale, split_k)
+    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale, activation, split_k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,11 +689,11 @@ def _supports_sparse24_linear(x, values, meta, bias, activation) -> Optional[str
     return device_reason(x, values, meta, bias) or _dtype_reason(x)
 
 
-def _supports_int8_linear(x, w_q, w_scale, bias, x_scale) -> Optional[str]:
+def _supports_int8_linear(x, w_q, w_scale, bias, x_scale, activation="none") -> Optional[str]:
     return device_reason(x, w_q, w_scale, bias, x_scale) or _dtype_reason(x)
 
 
-def _supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> Optional[str]:
+def _supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation="none") -> Optional[str]:
     return device_reason(x, values_q, meta, w_scale, bias, x_scale) or _dtype_reason(x)
 
 

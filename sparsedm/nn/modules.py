@@ -262,8 +262,10 @@ def _string_padding(conv: nn.Conv2d) -> Optional[tuple[int, int]]:
 
 
 class _Int8Base(_CanonicalModule):
-    def _init_int8(self, in_features, out_features, bias, static_x_scale, backend, device, dtype):
-        self.in_features, self.out_features = in_features, out_features
+    def _init_int8(self, in_features, out_features, bias, static_x_scale, activation, backend, device, dtype):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
         dtype = dtype or torch.get_default_dtype()
         self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
@@ -277,7 +279,8 @@ class _Int8Base(_CanonicalModule):
             self.x_scale = torch.as_tensor(x_scale, dtype=torch.float32, device=linear.weight.device).reshape(1).clone()
 
     def _scale_repr(self) -> str:
-        return "activations=static scale" if self.x_scale is not None else "activations=per-token dynamic"
+        act = "" if self.activation == "none" else f", activation={self.activation}"
+        return ("activations=static scale" if self.x_scale is not None else "activations=per-token dynamic") + act
 
 
 class Int8Linear(_Int8Base):
@@ -287,17 +290,18 @@ class Int8Linear(_Int8Base):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, static_x_scale: bool = False,
-                 backend: str = "auto", device=None, dtype=None):
+                 activation: str = "none", backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.register_buffer("w_q", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self._init_int8(in_features, out_features, bias, static_x_scale, backend, device, dtype)
+        self._init_int8(in_features, out_features, bias, static_x_scale, activation, backend, device, dtype)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, *, x_scale: Optional[float] = None, backend: str = "auto") -> "Int8Linear":
+    def from_dense(cls, linear: nn.Linear, *, x_scale: Optional[float] = None, activation: str = "none",
+                   backend: str = "auto") -> "Int8Linear":
         """Quantize ``linear``'s weight per output channel; ``x_scale``: a calibrated static activation scale."""
         w = linear.weight
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, static_x_scale=x_scale is not None,
-                     backend=backend, device=w.device, dtype=w.dtype)
+                     activation=activation, backend=backend, device=w.device, dtype=w.dtype)
         if w.device.type != "meta":
             module.w_q, module.w_scale = quantize_weight_int8(w.detach())
             module._copy_dense(linear, x_scale)
@@ -308,7 +312,7 @@ class Int8Linear(_Int8Base):
         return dequantize_int8(self.w_q, self.w_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.int8_linear(x, self.w_q, self.w_scale, self.bias, self.x_scale, backend=self._op_backend)
+        return ops.int8_linear(x, self.w_q, self.w_scale, self.bias, self.x_scale, self.activation, backend=self._op_backend)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self._bias_repr()}, "
@@ -319,7 +323,7 @@ class Sparse24Int8Linear(_Int8Base):
     """2:4 sparse W8A8 linear: masked, then quantized (per-channel scale over the kept values)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, static_x_scale: bool = False,
-                 backend: str = "auto", device=None, dtype=None):
+                 activation: str = "none", backend: str = "auto", device=None, dtype=None):
         super().__init__()
         if in_features % 8:
             raise Sparse24FormatError(
@@ -328,15 +332,15 @@ class Sparse24Int8Linear(_Int8Base):
             )
         self.register_buffer("values_q", torch.zeros(out_features, in_features // 2, dtype=torch.int8, device=device))
         self.register_buffer("meta", torch.zeros(out_features, in_features // 8, dtype=torch.uint8, device=device))
-        self._init_int8(in_features, out_features, bias, static_x_scale, backend, device, dtype)
+        self._init_int8(in_features, out_features, bias, static_x_scale, activation, backend, device, dtype)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, prune: bool = False, x_scale: Optional[float] = None,
-                   backend: str = "auto") -> "Sparse24Int8Linear":
+                   activation: str = "none", backend: str = "auto") -> "Sparse24Int8Linear":
         """Mask (``prune``) or check 2:4, compress, then quantize the kept values per output channel."""
         w = linear.weight
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, static_x_scale=x_scale is not None,
-                     backend=backend, device=w.device, dtype=w.dtype)
+                     activation=activation, backend=backend, device=w.device, dtype=w.dtype)
         if w.device.type != "meta":
             values, module.meta = compress24(_masked_weight(w, prune, "Sparse24Int8Linear.from_dense"))
             # The kept values have the same per-row max |w| as the masked weight: quantize after masking.
@@ -350,7 +354,7 @@ class Sparse24Int8Linear(_Int8Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.sparse24_int8_linear(x, self.values_q, self.meta, self.w_scale, self.bias, self.x_scale,
-                                        backend=self._op_backend)
+                                        self.activation, backend=self._op_backend)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self._bias_repr()}, "

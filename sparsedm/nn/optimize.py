@@ -197,12 +197,12 @@ def optimize(
       (too small for a sparse or int8 kernel to gain);
     - ``example_inputs``: args tuple, kwargs dict or a tensor; when given, the report counts MACs
       for one forward pass on it (run once, before swapping).
-    - ``fuse_activations``: where a swapped ``SparseLinear`` / ``SparseConv2d`` feeds only an
-      activation module (``nn.GELU``, ``nn.SiLU``, or a parameter-free module that computes
-      exactly ``F.silu`` / ``F.gelu``) and nothing else reads its output, the activation moves
-      into the layer's epilogue and the activation module becomes ``nn.Identity`` (state_dict
-      keys do not change). Proven on the parent's ``torch.fx`` graph; parents that do not trace
-      are left as they are. The int8 ops have no activation epilogue, so int8 layers never fuse.
+    - ``fuse_activations``: where a swapped layer feeds only an activation module
+      (``nn.GELU``, ``nn.SiLU``, or a parameter-free module that computes exactly ``F.silu`` /
+      ``F.gelu``) and nothing else reads its output, the activation moves into the layer's
+      epilogue and the activation module becomes ``nn.Identity`` (state_dict keys do not
+      change). Proven on the parent's ``torch.fx`` graph; parents that do not trace are left
+      as they are.
     """
     global _LAST_REPORT
     if quant not in (None, "int8"):
@@ -356,13 +356,13 @@ def _has_hooks(m: nn.Module) -> bool:
 def fuse_activations_in(model: nn.Module, layers: Optional[Iterable[nn.Module]] = None
                         ) -> dict[nn.Module, tuple[str, str]]:
     """Move ``act(layer(x))`` into the layer's epilogue wherever the parent's fx graph proves it
-    safe (see ``optimize(fuse_activations=...)``); ``layers``: the candidate SparseLinear /
-    SparseConv2d modules (default: all in ``model``). Returns {layer: (activation, name of the
+    safe (see ``optimize(fuse_activations=...)``); ``layers``: the candidate sparsedm modules
+    (default: all in ``model``). Returns {layer: (activation, name of the
     activation module now replaced by nn.Identity)}.
     """
     layers = list(model.modules()) if layers is None else list(layers)
-    fusable = {id(m) for m in layers
-               if isinstance(m, (SparseLinear, SparseConv2d)) and m.activation == "none" and not _has_hooks(m)}
+    fusable = {id(m) for m in layers if isinstance(m, (SparseLinear, SparseConv2d, Int8Linear, Sparse24Int8Linear))
+               and m.activation == "none" and not _has_hooks(m)}
     fused: dict[nn.Module, tuple[str, str]] = {}
     if not fusable:
         return fused

@@ -92,11 +92,12 @@ def int8_linear(
     w_scale: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     x_scale: Optional[torch.Tensor] = None,
+    activation: str = "none",
     *,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """W8A8: ``(q(x) @ w_q^T) * s_x * s_w + bias``; x quantized per token unless ``x_scale``."""
-    return _call(_library.int8_linear, backend, x, w_q, w_scale, bias, x_scale)
+    """W8A8: ``act((q(x) @ w_q^T) * s_x * s_w + bias)``; x quantized per token unless ``x_scale``."""
+    return _call(_library.int8_linear, backend, x, w_q, w_scale, bias, x_scale, activation)
 
 
 def sparse24_int8_linear(
@@ -106,8 +107,10 @@ def sparse24_int8_linear(
     w_scale: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     x_scale: Optional[torch.Tensor] = None,
+    activation: str = "none",
     *,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """int8 GEMM with a 2:4 int8 weight (canonical values_q / meta, per-channel w_scale)."""
-    return _call(_library.sparse24_int8_linear, backend, x, values_q, meta, w_scale, bias, x_scale)
+    """int8 GEMM with a 2:4 int8 weight (canonical values_q / meta, per-channel w_scale), then
+    the activation, fused in the epilogue."""
+    return _call(_library.sparse24_int8_linear, backend, x, values_q, meta, w_scale, bias, x_scale, activation)

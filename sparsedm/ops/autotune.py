@@ -129,9 +129,10 @@ def entry_key(op: str, args: tuple) -> str:
     if op == "sparse24_linear":  # the epilogue's cost differs between kernels
         key += f"|{args[4]}|{'bias' if args[3] is not None else 'nobias'}"
     elif op in ("int8_linear", "sparse24_int8_linear"):
-        key += "|bias" if args[-2] is not None else "|nobias"
-    if op in ("int8_linear", "sparse24_int8_linear"):
-        key += "|static_x" if args[-1] is not None else "|dynamic_x"  # x_scale is the last argument
+        i = 3 if op == "int8_linear" else 4  # bias, then x_scale, then the (optional) activation
+        activation = args[i + 2] if len(args) > i + 2 else "none"
+        key += f"|{activation}|{'bias' if args[i] is not None else 'nobias'}"
+        key += "|static_x" if args[i + 1] is not None else "|dynamic_x"
     return key
 
 

@@ -108,7 +108,7 @@ def check_sparse24_linear(x, values, meta, bias, activation) -> int:
     return n
 
 
-def check_int8_linear(x, w_q, w_scale, bias, x_scale) -> int:
+def check_int8_linear(x, w_q, w_scale, bias, x_scale, activation="none") -> int:
     op = "int8_linear"
     _check_float_input(op, x)
     if w_q.dtype != torch.int8 or w_q.dim() != 2:
@@ -118,6 +118,7 @@ def check_int8_linear(x, w_q, w_scale, bias, x_scale) -> int:
     _check_w_scale(op, w_scale, n)
     _check_bias(op, bias, n)
     _check_x_scale(op, x, x_scale)
+    _check_activation(op, activation)
     _check_same_device(op, x=x, w_q=w_q, w_scale=w_scale, bias=bias, x_scale=x_scale)
     return n
 
@@ -131,7 +132,7 @@ def _check_w_scale(op: str, w_scale: torch.Tensor, n) -> None:
     require(w_scale.shape[0] == n, f"{op}: w_scale has {w_scale.shape[0]} scales but the layer has N={n} outputs")
 
 
-def check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> int:
+def check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation="none") -> int:
     op = "sparse24_int8_linear"
     _check_float_input(op, x)
     if values_q.dtype != torch.int8:
@@ -141,6 +142,7 @@ def check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> int
     _check_w_scale(op, w_scale, n)
     _check_bias(op, bias, n)
     _check_x_scale(op, x, x_scale)
+    _check_activation(op, activation)
     _check_same_device(op, x=x, values_q=values_q, meta=meta, w_scale=w_scale, bias=bias, x_scale=x_scale)
     return n
 

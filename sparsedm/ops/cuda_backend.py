@@ -188,36 +188,37 @@ def _int8_reason(op, x, n, k, family, tensors) -> Optional[str]:
     return _shape_reason(op, n, k, family, x.numel() // x.shape[-1])
 
 
-def supports_int8_linear(x, w_q, w_scale, bias, x_scale) -> Optional[str]:
+def supports_int8_linear(x, w_q, w_scale, bias, x_scale, activation="none") -> Optional[str]:
     return _int8_reason("int8_linear", x, w_q.shape[0], w_q.shape[-1], D8, (x, w_q, w_scale, bias, x_scale))
 
 
-def supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> Optional[str]:
+def supports_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation="none") -> Optional[str]:
     return _int8_reason(
         "sparse24_int8_linear", x, values_q.shape[0], 2 * values_q.shape[1], SP8, (x, values_q, meta, w_scale, bias, x_scale)
     )
 
 
-def _int8_run(x, family, w, m, n, w_scale, bias, x_scale):
+def _int8_run(x, family, w, m, n, w_scale, bias, x_scale, activation):
     xf = _flat(x)
     static = None if x_scale is None else x_scale.to(torch.float32).reshape(-1).contiguous()
     q, s_x = torch.ops.sparsedm._cuda_quantize_rows(xf, static)
     y = torch.ops.sparsedm._cuda_int8_gemm(
-        q, s_x, w, m, w_scale.to(torch.float32).contiguous(), _bias32(bias), None, family, n, x.dtype, 0, SPLIT_K
+        q, s_x, w, m, w_scale.to(torch.float32).contiguous(), _bias32(bias), None, family, n, x.dtype,
+        ACTIVATION_CODES[activation], SPLIT_K
     )
     return y.reshape(*x.shape[:-1], n)
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale):
-    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
+def int8_linear(x, w_q, w_scale, bias, x_scale, activation="none"):
+    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
     w, m = relayout(w_q, None, D8, n, w_q.shape[1])
-    return _int8_run(x, D8, w, None, n, w_scale, bias, x_scale)
+    return _int8_run(x, D8, w, None, n, w_scale, bias, x_scale, activation)
 
 
-def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale):
-    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation="none"):
+    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
     w, m = relayout(values_q, meta, SP8, n, 2 * values_q.shape[1])
-    return _int8_run(x, SP8, w, m, n, w_scale, bias, x_scale)
+    return _int8_run(x, SP8, w, m, n, w_scale, bias, x_scale, activation)
 
 
 # ---- sparse24_conv2d (implicit GEMM, docs/KERNELS.md "CUDA implicit-GEMM 2:4 conv") ---------

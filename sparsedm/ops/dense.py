@@ -82,8 +82,8 @@ def sparse24_conv2d(x, values, meta, bias, weight_shape, stride, padding, dilati
     return y.contiguous(memory_format=checks.conv_output_memory_format(x))
 
 
-def _int8_gemm(x, w_q, w_scale, bias, x_scale):
-    """``(q(x) @ w_q^T) * s_x * s_w + bias`` with ``torch._int_mm`` (int32 accumulation)."""
+def _int8_gemm(x, w_q, w_scale, bias, x_scale, activation="none"):
+    """``act((q(x) @ w_q^T) * s_x * s_w + bias)`` with ``torch._int_mm`` (int32 accumulation)."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     if x_scale is None:
@@ -95,17 +95,17 @@ def _int8_gemm(x, w_q, w_scale, bias, x_scale):
     y = acc.to(torch.float32) * s_x[:, None] * w_scale.to(torch.float32)
     if bias is not None:
         y = y + bias.to(torch.float32)
-    return y.to(x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
+    return apply_activation(y, activation).to(x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale):
-    checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
-    return _int8_gemm(x, w_q, w_scale, bias, x_scale)
+def int8_linear(x, w_q, w_scale, bias, x_scale, activation="none"):
+    checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, w_q, w_scale, bias, x_scale, activation)
 
 
-def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale):
-    checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
-    return _int8_gemm(x, decompressed_weight(values_q, meta), w_scale, bias, x_scale)
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation="none"):
+    checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, decompressed_weight(values_q, meta), w_scale, bias, x_scale, activation)
 
 
 def _supports_int_mm(x: torch.Tensor, n: int) -> Optional[str]:
@@ -119,11 +119,11 @@ def _supports_int_mm(x: torch.Tensor, n: int) -> Optional[str]:
     return None
 
 
-def _supports_int8(x, w_q, w_scale, bias, x_scale):
+def _supports_int8(x, w_q, w_scale, bias, x_scale, activation="none"):
     return _supports_int_mm(x, w_q.shape[0])
 
 
-def _supports_sparse24_int8(x, values_q, meta, w_scale, bias, x_scale):
+def _supports_sparse24_int8(x, values_q, meta, w_scale, bias, x_scale, activation="none"):
     return _supports_int_mm(x, values_q.shape[0])
 
 

@@ -15,15 +15,18 @@ SCHEMAS = {
     "compress24": "(Tensor w) -> (Tensor values, Tensor meta)",
     "decompress24": "(Tensor values, Tensor meta) -> Tensor",
     "sparse24_linear": "(Tensor x, Tensor values, Tensor meta, Tensor? bias, str activation) -> Tensor",
-    # `activation` is an addition at the end, with a default: calls written for the base
-    # schema keep working, and conv layers can fuse their activation like linears.
+    # `activation` is an addition at the end, with a default (conv and both int8 ops): calls
+    # written for the base schema keep working, and these layers fuse their activation too.
     "sparse24_conv2d": (
         "(Tensor x, Tensor values, Tensor meta, Tensor? bias, int[] weight_shape, int[] stride, "
         "int[] padding, int[] dilation, str activation=\"none\") -> Tensor"
     ),
-    "int8_linear": "(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? x_scale) -> Tensor",
+    "int8_linear": (
+        "(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? x_scale, str activation=\"none\") -> Tensor"
+    ),
     "sparse24_int8_linear": (
-        "(Tensor x, Tensor values_q, Tensor meta, Tensor w_scale, Tensor? bias, Tensor? x_scale) -> Tensor"
+        "(Tensor x, Tensor values_q, Tensor meta, Tensor w_scale, Tensor? bias, Tensor? x_scale, "
+        "str activation=\"none\") -> Tensor"
     ),
 }
 
@@ -77,12 +80,12 @@ def _(x, values, meta, bias, weight_shape, stride, padding, dilation, activation
 
 
 @int8_linear.register_fake
-def _(x, w_q, w_scale, bias, x_scale):
-    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
+def _(x, w_q, w_scale, bias, x_scale, activation="none"):
+    n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
     return x.new_empty(*x.shape[:-1], n)
 
 
 @sparse24_int8_linear.register_fake
-def _(x, values_q, meta, w_scale, bias, x_scale):
-    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
+def _(x, values_q, meta, w_scale, bias, x_scale, activation="none"):
+    n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
     return x.new_empty(*x.shape[:-1], n)

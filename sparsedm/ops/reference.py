@@ -80,21 +80,21 @@ def _quantize_x(x: torch.Tensor, x_scale: Optional[torch.Tensor]) -> tuple[torch
     return quantize_with_scale(x, scale[..., None]), scale
 
 
-def _int8_gemm(x, w_q, w_scale, bias, x_scale) -> torch.Tensor:
-    """``(x_q @ w_q^T) * s_x * s_w + bias``: exact integer sums, scales applied in float32."""
+def _int8_gemm(x, w_q, w_scale, bias, x_scale, activation="none") -> torch.Tensor:
+    """``act((x_q @ w_q^T) * s_x * s_w + bias)``: exact integer sums, scales in float32."""
     x_q, s_x = _quantize_x(x, x_scale)
     acc = torch.matmul(x_q.to(torch.float64), w_q.to(torch.float64).t())  # exact int32 sums
     y = acc.to(torch.float32) * s_x[..., None] * w_scale.to(torch.float32)
     if bias is not None:
         y = y + bias.to(torch.float32)
-    return y.to(x.dtype)
+    return apply_activation(y, activation).to(x.dtype)
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale) -> torch.Tensor:
-    checks.check_int8_linear(x, w_q, w_scale, bias, x_scale)
-    return _int8_gemm(x, w_q, w_scale, bias, x_scale)
+def int8_linear(x, w_q, w_scale, bias, x_scale, activation: str = "none") -> torch.Tensor:
+    checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, w_q, w_scale, bias, x_scale, activation)
 
 
-def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale) -> torch.Tensor:
-    checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale)
-    return _int8_gemm(x, _decompress24_format(values_q, meta), w_scale, bias, x_scale)
+def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation: str = "none") -> torch.Tensor:
+    checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
+    return _int8_gemm(x, _decompress24_format(values_q, meta), w_scale, bias, x_scale, activation)

@@ -107,3 +107,36 @@ def test_split_k_env_var(monkeypatch):
     monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", "-1")
     with pytest.raises(ValueError, match="SPARSEDM_CUDA_SPLIT_K"):
         cuda_backend._split_k_from_env()
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_glue_passes_the_activation_code(monkeypatch, sparse, activation):
+    """The int8 ops' activation reaches the private GEMM op as the kernel's code (same order
+    as checks.ACTIVATIONS), with stubbed private ops."""
+    from sparsedm.formats import quantize_weight_int8
+    from sparsedm.ops import checks, cuda_backend
+
+    seen = {}
+
+    class FakeOps:
+        _cuda_relayout24 = staticmethod(lambda src, meta, family, n, k: (src.clone(), None if meta is None else meta.clone()))
+        _cuda_quantize_rows = staticmethod(lambda x, static: (torch.zeros_like(x, dtype=torch.int8), torch.ones(x.shape[0])))
+
+        @staticmethod
+        def _cuda_int8_gemm(q, s_x, w, m, w_scale, bias, residual, family, n, dtype, act, split_k):
+            seen.update(family=family, act=act, n=n)
+            return torch.zeros(q.shape[0], n, dtype=dtype)
+
+    monkeypatch.setattr(cuda_backend.torch.ops, "sparsedm", FakeOps)
+    w = torch.randn(32, 64)
+    w_q, w_scale = quantize_weight_int8(_pruned(w) if sparse else w)
+    x = torch.randn(3, 64)
+    if sparse:
+        values_q, meta = compress24(w_q)
+        y = cuda_backend.sparse24_int8_linear(x, values_q, meta, w_scale, None, None, activation)
+    else:
+        y = cuda_backend.int8_linear(x, w_q, w_scale, None, None, activation)
+    assert y.shape == (3, 32)
+    assert seen == {"family": cuda_backend.SP8 if sparse else cuda_backend.D8, "act": checks.ACTIVATIONS.index(activation),
+                    "n": 32}

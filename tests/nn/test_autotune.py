@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sparsedm
-from sparsedm.formats import quantize_weight_int8
+from sparsedm.formats import compress24, quantize_weight_int8
 from sparsedm.ops import autotune, dense, registry
 from tests.helpers import assert_close_rel, randn, sparse_weight
 
@@ -166,7 +166,13 @@ def test_entry_keys():
     assert autotune.entry_key("sparse24_conv2d", conv_args) == (
         "sparse24_conv2d|B2|C16|H8|W8|K32|R3|S3|stride1x1|pad1x1|dil1x1|nchw|float32|none|nobias")
     w_q, s = quantize_weight_int8(randn(16, 32))
-    assert autotune.entry_key("int8_linear", (randn(3, 4, 32), w_q, s, None, None)) == "int8_linear|M16|N16|K32|float32|nobias|dynamic_x"
+    x = randn(3, 4, 32)
+    assert autotune.entry_key("int8_linear", (x, w_q, s, None, None)) == "int8_linear|M16|N16|K32|float32|none|nobias|dynamic_x"
+    assert autotune.entry_key("int8_linear", (x, w_q, s, randn(16), torch.tensor([0.1]), "gelu")) == (
+        "int8_linear|M16|N16|K32|float32|gelu|bias|static_x")
+    values_q, meta_q = compress24(quantize_weight_int8(sparse_weight((16, 32))[0])[0])
+    assert autotune.entry_key("sparse24_int8_linear", (x, values_q, meta_q, s, None, None, "silu")) == (
+        "sparse24_int8_linear|M16|N16|K32|float32|silu|nobias|dynamic_x")
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

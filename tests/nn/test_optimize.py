@@ -365,9 +365,25 @@ def test_activation_fusion_sequential_gelu_tanh_and_opt_out():
     off = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU()))
     sparsedm.optimize(off, prune=True, min_features=8, fuse_activations=False)
     assert off[0].activation == "none" and isinstance(off[1], nn.SiLU)
-    q = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU()))
-    sparsedm.optimize(q, prune=True, min_features=8, quant="int8")  # int8 ops have no activation epilogue
-    assert isinstance(q[1], nn.SiLU) and sparsedm.last_report().rows[0].fused_activation is None
+
+
+
+@pytest.mark.parametrize("prune", [True, False], ids=["sparse24_int8", "int8"])
+def test_activation_fusion_int8_layers(prune):
+    """The int8 ops take the activation too: W8A8 layers fuse like the fp16 ones."""
+    model = _randomize(nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64)))
+    unfused = copy.deepcopy(model)
+    sparsedm.optimize(model, prune=prune, min_features=8, quant="int8")
+    sparsedm.optimize(unfused, prune=prune, min_features=8, quant="int8", fuse_activations=False)
+    assert model[0].activation == "silu" and isinstance(model[1], nn.Identity)
+    assert sparsedm.last_report().rows[0].fused_activation is None  # the unfused run's report
+    assert isinstance(unfused[1], nn.SiLU) and unfused[0].activation == "none"
+    assert "activation=silu" in repr(model[0])
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        # same int8 codes and integer sums on both paths; only where SiLU is applied to the
+        # float32 (fused) or the rounded (unfused, fp32 here) value differs
+        assert_close_rel(model(x), unfused(x), FP32_RTOL, "fused vs unfused int8")
 
 
 class _Caching(nn.Module):

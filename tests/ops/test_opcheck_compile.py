@@ -25,8 +25,9 @@ def _cases():
             (cx, cvalues, cmeta, None, list(cw.shape), [1, 1], [1, 1], [1, 1], "none"),
             (cx.contiguous(memory_format=torch.channels_last), cvalues, cmeta, randn(8), list(cw.shape), [2, 2], [0, 1], [1, 1], "silu"),
         ],
-        "int8_linear": [(x, w_q, w_scale, bias, None), (x, w_q, w_scale, None, torch.tensor([0.05]))],
-        "sparse24_int8_linear": [(x, values_q.to(torch.int8), meta_q, w_scale, bias, None)],
+        "int8_linear": [(x, w_q, w_scale, bias, None), (x, w_q, w_scale, None, torch.tensor([0.05]), "gelu")],
+        "sparse24_int8_linear": [(x, values_q.to(torch.int8), meta_q, w_scale, bias, None),
+                                 (x, values_q.to(torch.int8), meta_q, w_scale, bias, None, "silu")],
     }
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from sparsedm import ops
 from sparsedm.formats import quantize_weight_int8
+from sparsedm.ops import OpArgumentError
 from tests.helpers import TOLERANCES, assert_close_rel, randn, sparse_weight
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -132,3 +133,22 @@ def test_compress_decompress_ops_match_formats():
     v2, m2 = ops.compress24(w)
     assert torch.equal(v2, values) and torch.equal(m2, meta)
     assert torch.equal(ops.decompress24(values, meta), w)
+
+
+@pytest.mark.parametrize("activation", list(ACT64))
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_ops_fuse_the_activation(sparse, activation):
+    """The trailing ``activation`` of the int8 ops: act(int8 formula), applied in float32 before the cast."""
+    n, k = 24, 48
+    w, _, _ = sparse_weight((n, k), seed=11)
+    w_q, w_scale = quantize_weight_int8(w)
+    x = randn(7, k, seed=12) * 2
+    bias = randn(n, seed=13)
+    if sparse:
+        values_q, meta = ops.compress24(w_q.float())
+        y = ops.sparse24_int8_linear(x, values_q.to(torch.int8), meta, w_scale, bias, None, activation, backend="reference")
+    else:
+        y = ops.int8_linear(x, w_q, w_scale, bias, None, activation, backend="reference")
+    assert_close_rel(y, ACT64[activation](_int8_formula(x, w_q, w_scale, bias)), 1e-5, f"int8 {activation}")
+    with pytest.raises(OpArgumentError, match="activation"):
+        ops.int8_linear(x, w_q, w_scale, bias, None, "relu")

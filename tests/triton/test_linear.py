@@ -159,14 +159,14 @@ def _x_scale(mode, x, gen):
     return (quantize_activation_int8(x)[1] * (0.7 + 0.6 * torch.rand(x.shape[:-1], generator=gen).to(x.device))).float()
 
 
-def _run_int8(sparse, x, w_q, w_scale, bias, x_scale):
+def _run_int8(sparse, x, w_q, w_scale, bias, x_scale, activation="none"):
     """The op through the Triton backend and the reference backend."""
     if sparse:
         values_q, meta = compress24(w_q)
-        args = (x, values_q, meta, w_scale, bias, x_scale)
+        args = (x, values_q, meta, w_scale, bias, x_scale, activation)
         op, name = ops.sparse24_int8_linear, "sparse24_int8_linear"
     else:
-        args = (x, w_q, w_scale, bias, x_scale)
+        args = (x, w_q, w_scale, bias, x_scale, activation)
         op, name = ops.int8_linear, "int8_linear"
     with _Dispatched(name):
         y = op(*args, backend="triton")
@@ -203,6 +203,24 @@ def test_int8_linear_matches_reference(request, sparse, dtype, scale_mode, has_b
     w = w_q.double() * w_scale.double()[:, None]
     if scale_mode == "dynamic":
         _assert_rel(y, _oracle_linear(x, w, bias, "none"), 3e-2, "int8 vs float64 oracle")
+
+
+@pytest.mark.parametrize("scale_mode", ["dynamic", "static"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_linear_activation_epilogue(request, sparse, activation, scale_mode):
+    """The int8 ops' trailing activation runs in the kernel's epilogue (fp16 output)."""
+    gen = _gen(request)
+    k = 72 if sparse else 40
+    w_q, w_scale = _int8_weight(24, k, sparse, gen)
+    x = _randn(5, k, gen=gen, dtype=torch.float16, scale=2.0)
+    bias = _randn(24, gen=gen, dtype=torch.float16)
+    x_scale = _x_scale(scale_mode, x, gen)
+    y, ref = _run_int8(sparse, x, w_q, w_scale, bias, x_scale, activation)
+    _assert_close(y, ref, *INT8_TOL[torch.float16], f"int8 sparse={sparse} {activation} {scale_mode}")
+    if activation != "none":  # the activation really changed the result
+        plain = _run_int8(sparse, x, w_q, w_scale, bias, x_scale)[0]
+        assert (y - plain).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 64])
