@@ -104,6 +104,32 @@ def test_int8_linear_matches_reference(n, k, m, dtype, sparse):
     assert max_err <= 1e-2 * ref.float().abs().max().item(), f"max abs error {max_err:.3e} is not a rounding difference"
 
 
+@pytest.mark.parametrize("activation", checks.ACTIVATIONS)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_activation_epilogue(sparse, activation):
+    """The int8 ops' trailing activation, fused in the CUDA epilogue, against the reference."""
+    _need_cuda_backend()
+    torch.manual_seed(7 + checks.ACTIVATIONS.index(activation))
+    n, k, m = 1024, 1024, 77
+    w = torch.randn(n, k, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    bias = torch.randn(n, device="cuda", dtype=torch.float16)
+    if sparse:
+        values, meta = compress24(_pruned(w))
+        values_q, w_scale = quantize_weight_int8(values)
+        args = (x, values_q, meta, w_scale, bias, None, activation)
+        op, ref_fn = torch.ops.sparsedm.sparse24_int8_linear, reference.sparse24_int8_linear
+    else:
+        w_q, w_scale = quantize_weight_int8(w)
+        args = (x, w_q, w_scale, bias, None, activation)
+        op, ref_fn = torch.ops.sparsedm.int8_linear, reference.int8_linear
+    with registry.use_backend("cuda"):
+        y = op(*args)
+    ref = ref_fn(*args)
+    max_err = (y.float() - ref.float()).abs().max().item()
+    assert max_err <= 1e-2 * ref.float().abs().max().item(), f"{activation}: max abs error {max_err:.3e}"
+
+
 def test_unsupported_shapes_give_reasons():
     _need_cuda_backend()
     values, meta = compress24(_pruned(torch.randn(24, 96, device="cuda", dtype=torch.float16)))
