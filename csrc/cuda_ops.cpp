@@ -66,10 +66,13 @@ void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nu
 // automatic, or to a negative count).
 int forced_splits(int64_t split_k) { return static_cast<int>(std::min<int64_t>(split_k, INT32_MAX)); }
 
-const float* opt_f32(const std::optional<at::Tensor>& t, const char* op, const char* name) {
+// A float32 per-token / per-feature vector of exactly `count` values (the kernels index it by
+// token or feature, so a short one would be read past its end); nullptr when absent.
+const float* opt_f32(const std::optional<at::Tensor>& t, int64_t count, const char* op, const char* name) {
   if (!t.has_value()) return nullptr;
   require_cuda_contiguous(*t, op, name);
   TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32 (the backend converts it)");
+  TORCH_CHECK(t->numel() == count, op, ": ", name, " must hold ", count, " values, got ", t->numel());
   return t->data_ptr<float>();
 }
 
@@ -122,7 +125,7 @@ at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Ten
   const int splits = sparsedm_cuda_gemm_splits(SPARSEDM_SP16, m, static_cast<int>(N), static_cast<int>(K), forced_splits(split_k));
   at::Tensor ws = split_k_workspace(splits, M, N, at::kFloat, x);
   check_status(sparsedm_cuda_sparse24_gemm(x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
-                                           reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"),
+                                           reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, N, op, "bias"),
                                            res, y.data_ptr(), m, static_cast<int>(N), static_cast<int>(K),
                                            dtype_code(x.scalar_type(), op), static_cast<int>(activation), splits,
                                            data_or_null(ws), stream_of(x)),
@@ -161,7 +164,7 @@ at::Tensor sparse24_conv2d(const at::Tensor& x, const at::Tensor& w, const at::T
   }
   check_status(sparsedm_cuda_sparse24_conv2d(
                    x.data_ptr(), reinterpret_cast<const uint32_t*>(w.data_ptr<int>()),
-                   reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, op, "bias"), res, y.data_ptr(),
+                   reinterpret_cast<const uint32_t*>(meta.data_ptr<int>()), opt_f32(bias, Cout, op, "bias"), res, y.data_ptr(),
                    static_cast<int>(N), static_cast<int>(H), static_cast<int>(W), static_cast<int>(C),
                    static_cast<int>(Cout), static_cast<int>(kh), static_cast<int>(kw), static_cast<int>(stride[0]),
                    static_cast<int>(stride[1]), static_cast<int>(padding[0]), static_cast<int>(padding[1]),
@@ -179,7 +182,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std:
   const int64_t K = x.size(-1), M = x.numel() / K;
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor s = at::empty({M}, x.options().dtype(at::kFloat));
-  const float* ss = opt_f32(static_scale, op, "static_scale");
+  const int64_t n_static = static_scale.has_value() && static_scale->numel() == 1 ? 1 : M;  // one, or one per token
+  const float* ss = opt_f32(static_scale, n_static, op, "static_scale");
   check_status(sparsedm_cuda_quantize_rows(x.data_ptr(), dtype_code(x.scalar_type(), op), q.data_ptr<int8_t>(),
                                            s.data_ptr<float>(), ss, ss ? static_cast<int>(static_scale->numel()) : 0,
                                            tokens_arg(M, op), static_cast<int>(K), stream_of(x)),
@@ -216,9 +220,9 @@ at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::T
   const int splits = sparsedm_cuda_gemm_splits(static_cast<int>(family), m, static_cast<int>(N), static_cast<int>(K),
                                                forced_splits(split_k));
   at::Tensor ws = split_k_workspace(splits, M, N, at::kInt, q);
-  check_status(sparsedm_cuda_int8_gemm(static_cast<int>(family), q.data_ptr<int8_t>(), opt_f32(x_scale, op, "x_scale"),
+  check_status(sparsedm_cuda_int8_gemm(static_cast<int>(family), q.data_ptr<int8_t>(), opt_f32(x_scale, M, op, "x_scale"),
                                        reinterpret_cast<const uint32_t*>(w.data_ptr<int>()), meta_ptr,
-                                       opt_f32(w_scale, op, "w_scale"), opt_f32(bias, op, "bias"), res, y.data_ptr(), m,
+                                       opt_f32(w_scale, N, op, "w_scale"), opt_f32(bias, N, op, "bias"), res, y.data_ptr(), m,
                                        static_cast<int>(N), static_cast<int>(K), dtype_code(out_dtype, op),
                                        static_cast<int>(activation), splits, data_or_null(ws), stream_of(q)),
                op);
