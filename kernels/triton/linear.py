@@ -565,6 +565,10 @@ def _launch_gemm(
         split_k = split_k_for(m, n, k, _sm_count(x2d.device))
     elif isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
         raise ValueError(f"split_k={split_k!r}: pass None (the split_k_for rule) or a number of K slices >= 1")
+    else:
+        # More slices than 16-wide K steps (the smallest BLOCK_K) are all empty: same result,
+        # and the slice axis of the grid (65535 at most) is never exceeded.
+        split_k = min(split_k, max(1, triton.cdiv(k, 16)))
     # The interpreter converts float32 to bfloat16 by truncation (a GPU rounds to nearest
     # even), so there the kernel writes float32 and torch rounds; GPUs store bf16 directly.
     store_fp32 = INTERPRET and out_dtype == torch.bfloat16

@@ -531,6 +531,30 @@ def test_split_k_argument_errors(request):
             linear.sparse24_linear(x, values, meta, None, "none", split_k=bad)
 
 
+def test_split_k_beyond_the_k_steps_is_clamped(request, monkeypatch):
+    """A forced split larger than K allows gives the same result with at most cdiv(K, 16) slices."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen)
+    x = _randn(3, 40, gen=gen)
+    workspaces = []
+    real_empty = torch.empty
+
+    def spy_empty(*shape, **kw):
+        t = real_empty(*shape, **kw)
+        if t.dim() == 3:
+            workspaces.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(linear.torch, "empty", spy_empty)
+    y = linear.sparse24_linear(x, values, meta, None, "none", split_k=10**6)
+    monkeypatch.undo()
+    assert workspaces == [(3, 3, 24)]  # cdiv(40, 16) = 3 slices, not a million
+    ref = ops.sparse24_linear(x, values, meta, None, "none", backend="reference")
+    _assert_close(y, ref, *REF_TOL[torch.float32], "split_k clamped")
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: real U-ViT shapes
 # ---------------------------------------------------------------------------------------------
