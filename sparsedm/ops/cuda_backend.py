@@ -41,9 +41,13 @@ def _split_k_from_env() -> int:
     raw = os.environ.get("SPARSEDM_CUDA_SPLIT_K", "").strip()
     if not raw:
         return 0
-    if not raw.isdigit():
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
         raise ValueError(f"SPARSEDM_CUDA_SPLIT_K must be a non-negative integer (0 = automatic), got {raw!r}")
-    return int(raw)
+    return value
 
 
 # Split-K of the cuda GEMMs (docs/KERNELS.md, "Tile configurations and split-K"): 0 lets the

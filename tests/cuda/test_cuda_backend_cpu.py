@@ -104,9 +104,10 @@ def test_split_k_env_var(monkeypatch):
     assert cuda_backend._split_k_from_env() == 0
     monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", "3")
     assert cuda_backend._split_k_from_env() == 3
-    monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", "-1")
-    with pytest.raises(ValueError, match="SPARSEDM_CUDA_SPLIT_K"):
-        cuda_backend._split_k_from_env()
+    for bad in ("-1", "two", "\u00b2", "1.5"):
+        monkeypatch.setenv("SPARSEDM_CUDA_SPLIT_K", bad)
+        with pytest.raises(ValueError, match="SPARSEDM_CUDA_SPLIT_K must be a non-negative integer"):
+            cuda_backend._split_k_from_env()
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "silu"])

@@ -273,7 +273,9 @@ def test_huge_m_grid_layers():
     boundary = -(-tiles // 2) * 64  # first token of the second layer: gridDim.y = ceil(tiles / 2)
     rows = torch.cat([torch.arange(0, 256), torch.arange(boundary - 256, boundary + 256), torch.arange(m - 256, m)]).cuda()
     ref = reference.int8_linear(x[rows], w_q, w_scale, None, None)
-    assert torch.equal(y[rows], ref) or (y[rows] != ref).float().mean().item() < 1e-3
+    assert (y[rows] != ref).float().mean().item() < 1e-3
+    max_err = (y[rows].float() - ref.float()).abs().max().item()
+    assert max_err <= 1e-2 * ref.float().abs().max().item(), f"max abs error {max_err:.3e} is not a rounding difference"
     values, meta = _sparse_weight(n, 64, torch.float16)
     x16 = torch.randn(m, 64, device="cuda", dtype=torch.float16)
     with registry.use_backend("cuda"):
