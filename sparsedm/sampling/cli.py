@@ -51,15 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance, U-ViT form: cond + s (cond - uncond)")
     p.add_argument("--class-label", type=int, default=None, help="sample this class only (default: random per sample)")
     p.add_argument("--sampler-json", default=None, help="a JSON sampler config (docs/SAMPLING.md) replacing the model's")
-    p.add_argument("--autoencoder", default=None,
+    p.add_argument("--autoencoder", default=None, metavar="PATH",
                    help="latent models: the KL autoencoder that decodes latents to images, a diffusers AutoencoderKL "
                    "folder or its state_dict file (U-ViT's autoencoder_kl.pth works); needs diffusers")
-    p.add_argument("--latent-scale", type=float, default=None,
+    p.add_argument("--latent-scale", type=float, default=None, metavar="S",
                    help="latents are divided by this before decoding (default: the model's autoencoder_scale, "
                    "else the autoencoder's scaling_factor, else 0.18215)")
-    p.add_argument("--context", default=None,
+    p.add_argument("--context", default=None, metavar="FILE",
                    help="text models: .npy of CLIP text embeddings, [77, 768] or [P, 77, 768]; sample i uses prompt i %% P")
-    p.add_argument("--uncond-context", default=None,
+    p.add_argument("--uncond-context", default=None, metavar="FILE",
                    help="text models: .npy [77, 768] of the empty prompt, for classifier-free guidance "
                    "(U-ViT's empty_context.npy)")
     p.add_argument("--cuda-graph", action="store_true", help="replay the network from a CUDA graph (static shapes)")
