@@ -18,6 +18,17 @@ namespace emu {
 inline int gid(int lane) { return lane >> 2; }
 inline int tig(int lane) { return lane & 3; }
 
+// B operand (k x 8 tokens, "col"): element b_i of a lane is column (token) gid(lane) and row
+// (k) given below; the emulators place B through these, and tests/cpp/test_x_tile_ldmatrix.cpp
+// checks the kernel's ldmatrix registers against them.
+// f16/bf16, sparse m16n8k32 (PTX: figure only; the dense m16n8k16 B formula 2t + (i & 1),
+// + 8 for i >= 2, continued by 8 per register pair): i in [0, 8).
+inline int b_row_16bit(int lane, int i) { return 2 * tig(lane) + (i & 1) + 8 * (i >> 1); }
+// 8-bit, dense m16n8k32 (PTX text: 4t + (i & 3), + 16 for i >= 4; i in [0, 8)) and sparse
+// m16n8k64 (four figures of 16 rows, one per register; i in [0, 16)).
+inline int b_row_8bit(int lane, int i) { return 4 * tig(lane) + (i & 3) + 16 * (i >> 2); }
+inline int b_col(int lane) { return gid(lane); }
+
 // Reads 2-bit index `which` (0: first kept, 1: second kept) of group `j` of row `row` out of
 // the metadata registers, given which lanes hold which (row, group) nibbles.
 // PTX m16n8k32 f16/bf16: the threads of each quad picked by the sparsity selector (0: T0,T1;
@@ -44,7 +55,7 @@ inline void mma_sp_m16n8k32(const double a[32][8], const double b[32][8], const 
       const int group = ccol / 2, which = ccol % 2;
       const int idx = sp16_meta_index(e, selector, row, group, which);
       A[row][4 * group + idx] += a[lane][i];
-      B[2 * tig(lane) + (i & 1) + 8 * (i >> 1)][gid(lane)] = b[lane][i];
+      B[b_row_16bit(lane, i)][b_col(lane)] = b[lane][i];
     }
   }
   for (int lane = 0; lane < 32; ++lane)
@@ -81,7 +92,7 @@ inline void mma_sp_m16n8k64_s8(const int a[32][16], const int b[32][16], const u
       const int ccol = 4 * tig(lane) + (i & 3) + (i >= 8 ? 16 : 0);
       const int group = ccol / 2, which = ccol % 2;
       A[row][4 * group + sp8_meta_index(e, row, group, which)] += a[lane][i];
-      B[4 * tig(lane) + (i & 3) + 16 * (i >> 2)][gid(lane)] = b[lane][i];
+      B[b_row_8bit(lane, i)][b_col(lane)] = b[lane][i];
     }
   }
   for (int lane = 0; lane < 32; ++lane)
@@ -101,7 +112,7 @@ inline void mma_m16n8k32_s8(const int a[32][16], const int b[32][8], const int c
   for (int lane = 0; lane < 32; ++lane) {
     for (int i = 0; i < 16; ++i)
       A[gid(lane) + (((i >> 2) & 1) ? 8 : 0)][4 * tig(lane) + (i & 3) + (i >= 8 ? 16 : 0)] = a[lane][i];
-    for (int i = 0; i < 8; ++i) B[4 * tig(lane) + (i & 3) + 16 * (i >> 2)][gid(lane)] = b[lane][i];
+    for (int i = 0; i < 8; ++i) B[b_row_8bit(lane, i)][b_col(lane)] = b[lane][i];
   }
   for (int lane = 0; lane < 32; ++lane)
     for (int i = 0; i < 4; ++i) {
