@@ -135,9 +135,17 @@ def _conv_candidates(shape: ConvShape, dtype, device, wanted, copies: int):
     stride, padding = [shape.stride] * 2, [shape.padding] * 2
     cands = [Candidate("dense", lambda i: F.conv2d(xs[i], w_cl, bias, stride, padding))]
     args = (xs[0], values, meta, bias, list(w.shape), stride, padding, [1, 1], "none")
-    for b in _sparsedm_backends("sparse24_conv2d", args, wanted):
+    backends = _sparsedm_backends("sparse24_conv2d", args, wanted)
+    for b in backends:
         cands.append(Candidate(b, lambda i, b=b: ops.sparse24_conv2d(xs[i], values, meta, bias, w.shape, stride, padding, [1, 1], backend=b),
                                b in SPARSE_TENSOR_CORE_BACKENDS))
+    if backends:
+        # The same kernels fed NCHW input (an NCHW model that never converts): the row
+        # "<backend>+nchw" includes the layout changes in and out.
+        xs_nchw = [x.contiguous() for x in xs]
+        for b in backends:
+            cands.append(Candidate(f"{b}+nchw", lambda i, b=b: ops.sparse24_conv2d(
+                xs_nchw[i], values, meta, bias, w.shape, stride, padding, [1, 1], backend=b), b in SPARSE_TENSOR_CORE_BACKENDS))
     return cands, lambda: ops.sparse24_conv2d(xs[0], values, meta, bias, w.shape, stride, padding, [1, 1], backend="reference")
 
 

@@ -28,6 +28,10 @@ def test_bench_kernels_cpu_writes_csv_json_md_png(tmp_path, capsys):
     dense = [r for r in rows if r["backend"] == "dense"]
     assert dense and all(r["speedup_vs_dense"] == 1.0 for r in dense)
     assert any(r["backend"] == "reference" for r in rows)
+    # convs are also timed on NCHW input (the layout changes included), as a row of their own
+    conv_backends = {r["backend"] for r in rows if r["op"] == "conv"}
+    assert {"dense", "reference", "reference+nchw"} <= conv_backends
+    assert not any(r["backend"].endswith("+nchw") for r in rows if r["op"] != "conv")
     with open(jsons[0].with_suffix(".csv")) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and table[0]["backend"] == "dense"
