@@ -56,6 +56,12 @@ def _masked_weight(weight: torch.Tensor, prune: bool, what: str) -> torch.Tensor
     return w
 
 
+
+def _check_activation(activation: str) -> None:
+    """The epilogue activations every sparsedm module takes (the ops' ACTIVATIONS)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+
 class _CanonicalModule(nn.Module):
     """Shared plumbing: backend attribute, float32 scales, weight_shape check on load."""
 
@@ -123,8 +129,7 @@ class SparseLinear(_CanonicalModule):
                 f"SparseLinear: in_features={in_features} is not a multiple of 8 (canonical meta packs two "
                 f"groups of 4 per byte); this layer stays dense (pad in_features or exclude it)"
             )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        _check_activation(activation)
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         dtype = dtype or torch.get_default_dtype()
         self.register_buffer("values", torch.zeros(out_features, in_features // 2, dtype=dtype, device=device))
@@ -190,8 +195,7 @@ class SparseConv2d(_CanonicalModule):
                 f"SparseConv2d: reduction length K = kh*kw*Cin = {kh}*{kw}*{in_channels} = {k} is not a multiple "
                 f"of 8; this layer stays dense (pad the input channels or exclude it)"
             )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        _check_activation(activation)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), _pair(stride), _pair(padding), _pair(dilation)
         self.activation = activation
@@ -263,8 +267,7 @@ def _string_padding(conv: nn.Conv2d) -> Optional[tuple[int, int]]:
 
 class _Int8Base(_CanonicalModule):
     def _init_int8(self, in_features, out_features, bias, static_x_scale, activation, backend, device, dtype):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        _check_activation(activation)
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         dtype = dtype or torch.get_default_dtype()
         self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32, device=device))
