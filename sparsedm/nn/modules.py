@@ -56,11 +56,11 @@ def _masked_weight(weight: torch.Tensor, prune: bool, what: str) -> torch.Tensor
     return w
 
 
-
 def _check_activation(activation: str) -> None:
     """The epilogue activations every sparsedm module takes (the ops' ACTIVATIONS)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+
 
 class _CanonicalModule(nn.Module):
     """Shared plumbing: backend attribute, float32 scales, weight_shape check on load."""
