@@ -8,11 +8,25 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 # Activation codes passed to kernels as a constexpr (order = sparsedm.ops.checks.ACTIVATIONS).
 ACTIVATION_CODE = {"none": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# How long triton.autotune times each candidate config, in milliseconds (Triton's default is
+# 25 ms of warm-up and 100 of timing). Every config of these lists runs in 5 us to 2 ms at the
+# shapes they serve, so 25 ms still gives 12 or more timed launches whose median decides, and
+# a new shape bucket costs about 0.1 s per candidate instead of 0.5 s: that is paid on the
+# first call of every (op, shape bucket, dtype), and in every GPU test session.
+AUTOTUNE_WARMUP_MS = 5
+AUTOTUNE_REP_MS = 25
+
+
+def autotune_bench(kernel_call, quantiles):
+    """The timing function given to ``triton.autotune(do_bench=...)`` (median and quantiles)."""
+    return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)
 
 
 def device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:

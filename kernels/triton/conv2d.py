@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, device_reason
+from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
@@ -205,6 +205,7 @@ _sparse24_conv2d_tuned = triton.autotune(
     configs=_CONFIGS,
     key=["M", "C", "Cout", "TAPS", "stride_xc", "stride_yc"],
     prune_configs_by={"early_config_prune": _prune},
+    do_bench=autotune_bench,
 )(_sparse24_conv2d_kernel)
 
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, device_reason
+from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
@@ -382,9 +382,9 @@ def configs_for(m: int, split_k: int = 1) -> list:
 
 
 _AUTOTUNE_KEY = ["M_BUCKET", "N", "K"]
-_linear_small_m = triton.autotune(configs=configs_for(1), key=_AUTOTUNE_KEY)(_linear_kernel)
-_linear_large_m = triton.autotune(configs=configs_for(SMALL_M + 1), key=_AUTOTUNE_KEY)(_linear_kernel)
-_linear_split_k = triton.autotune(configs=configs_for(1, split_k=2), key=_AUTOTUNE_KEY + ["SPLIT_K"])(_linear_kernel)
+_linear_small_m = triton.autotune(configs=configs_for(1), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
+_linear_large_m = triton.autotune(configs=configs_for(SMALL_M + 1), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
+_linear_split_k = triton.autotune(configs=configs_for(1, split_k=2), key=_AUTOTUNE_KEY + ["SPLIT_K"], do_bench=autotune_bench)(_linear_kernel)
 
 # The split-K rule (docs/KERNELS.md, "Split-K"). PROVISIONAL: unmeasured on a GPU.
 SPLIT_K_WAVES = 2  # aim at about 2 CTAs per SM: these tiles fit 1-4 per SM (up to 255 registers x 128 threads)

@@ -555,6 +555,19 @@ def test_split_k_beyond_the_k_steps_is_clamped(request, monkeypatch):
     _assert_close(y, ref, *REF_TOL[torch.float32], "split_k clamped")
 
 
+def test_every_autotuner_uses_the_short_timing():
+    """Each triton.autotune of sparsedm.kernels times configs with ``autotune_bench`` (5 + 25 ms),
+    not Triton's 25 + 100 ms default: a new autotuned kernel must say how it is timed."""
+    import triton.runtime.autotuner as autotuner
+
+    from sparsedm.kernels import _common, conv2d, linear
+
+    tuners = [(mod.__name__, name, obj) for mod in (linear, conv2d) for name, obj in vars(mod).items() if isinstance(obj, autotuner.Autotuner)]
+    assert len(tuners) >= 4, tuners
+    for mod, name, tuner in tuners:
+        assert tuner._do_bench is _common.autotune_bench, f"{mod}.{name} uses Triton's default autotune timing"
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: real U-ViT shapes
 # ---------------------------------------------------------------------------------------------
