@@ -14,7 +14,7 @@
 # and Triton's cache lives in .triton-cache/ inside the checkout.
 #
 # Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels.{json,csv,md,png},
-# ...-model-<preset>.*, and gpu_suite.log.
+# ...-model-<preset>.*, junit-<stage>.xml for the test stages, and gpu_suite.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -70,17 +70,25 @@ if ! have_cuda_ops; then
 fi
 "$PY" -m sparsedm info --backends || status=1
 
+# One line per test (-v), so a stage killed by its timeout still shows which tests ran and how
+# they ended; a junit XML per stage is the GPU run's record of every test (committed with the
+# results); the slowest tests are listed to see where a stage's time went.
+gpu_tests() {
+  local name="$1"; shift
+  run "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
+    --junitxml="$OUT/junit-$name.xml" "$@"
+}
 if want test-cuda; then
   step "GPU tests: CUDA kernels"
-  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/cuda
+  gpu_tests cuda tests/cuda
 fi
 if want test-triton; then
   step "GPU tests: Triton kernels"
-  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/triton
+  gpu_tests triton tests/triton
 fi
 if want test-rest; then
   step "GPU tests: runtime, sampling, the rest"
-  run "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests --ignore=tests/cuda --ignore=tests/triton
+  gpu_tests rest tests --ignore=tests/cuda --ignore=tests/triton
 fi
 if want sanitizer; then
   step "compute-sanitizer (memcheck, racecheck, synccheck) on small calls of every op and backend"
