@@ -14,7 +14,8 @@
 # and Triton's cache lives in .triton-cache/ inside the checkout.
 #
 # Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels.{json,csv,md,png},
-# ...-model-<preset>.*, junit-<stage>.xml for the test stages, and gpu_suite.log.
+# ...-model-<preset>.*, ...-junit-<stage>.xml for the test stages, and gpu_suite.log.
+# Where the tree is a copy without .git, set SPARSEDM_COMMIT to the commit it was copied from.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -37,7 +38,13 @@ step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
 nvcc --version | tail -2
-git rev-parse HEAD 2>/dev/null || echo "commit: not a git checkout"
+# A copy of the tree without .git names its commit: SPARSEDM_COMMIT=<short hash> bash bench/gpu_suite.sh
+if [ -z "${SPARSEDM_COMMIT:-}" ] && ! git rev-parse HEAD 2>/dev/null; then
+  echo "!!! not a git checkout and SPARSEDM_COMMIT is unset: result files will say 'nocommit'"
+fi
+# <gpu>-<date>-<commit>-, the stem every result file of this run starts with.
+STEM="$("$PY" -c "from sparsedm.bench.environment import header; from sparsedm.bench.report import results_stem; print(results_stem(header('cuda'), ''))" 2>/dev/null || echo "unknown-gpu-")"
+echo "result files: $OUT/${STEM}*"
 
 have_cuda_ops() {
   "$PY" - <<'PY'
@@ -76,7 +83,7 @@ fi
 gpu_tests() {
   local name="$1"; shift
   run "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
-    --junitxml="$OUT/junit-$name.xml" "$@"
+    --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
 }
 if want test-cuda; then
   step "GPU tests: CUDA kernels"

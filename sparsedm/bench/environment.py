@@ -34,7 +34,16 @@ def gpu_peak(gpu_name: Optional[str], precision: str) -> Optional[float]:
     return None
 
 
+# Names the commit when the tree is a copy without git (a GPU runner that gets the files only).
+ENV_COMMIT = "SPARSEDM_COMMIT"
+
+
 def git_commit() -> Optional[str]:
+    """The checkout's short commit (``-dirty`` with uncommitted changes), ``$SPARSEDM_COMMIT``
+    when that is set, or None outside a git checkout."""
+    given = os.environ.get(ENV_COMMIT, "").strip()
+    if given:
+        return given
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5)

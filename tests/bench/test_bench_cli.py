@@ -52,6 +52,19 @@ def test_results_stem_is_filesystem_safe():
     assert stem == "nvidia-h100-80gb-hbm3-2026-11-24-abc123-kernels"
 
 
+def test_commit_named_by_the_environment(monkeypatch):
+    """A copy of the tree without git (a GPU runner) names its commit through SPARSEDM_COMMIT;
+    unset, the header carries the checkout's own commit."""
+    from sparsedm.bench import environment
+
+    monkeypatch.delenv("SPARSEDM_COMMIT", raising=False)
+    own = environment.git_commit()
+    monkeypatch.setenv("SPARSEDM_COMMIT", "0123456789ab")
+    assert environment.header("cpu")["commit"] == "0123456789ab"
+    monkeypatch.setenv("SPARSEDM_COMMIT", " ")
+    assert environment.git_commit() == own
+
+
 def test_load_results_rejects_foreign_json(tmp_path):
     p = tmp_path / "x.json"
     p.write_text(json.dumps({"rows": []}))
