@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a converted .safetensors file (sparsedm convert); or use --preset / --factory")
     p.add_argument("--preset", help="a model preset (sparsedm.models.PRESETS) instead of a converted file")
     p.add_argument("--state-dict", help="with --preset: a plain state_dict (.pth/.safetensors) to load")
+    p.add_argument("--prune", action="store_true",
+                   help="with --preset: mask the layers SparseDM sparsifies by the 2:4 rule (2 largest |w| of each 4) "
+                   "and run them on the 2:4 kernels; for checkpoints that keep their pruned weights (SparseDM's "
+                   "nnet_ema.pth). Without it only layers already exactly 2:4 are swapped")
+    p.add_argument("--quant", choices=["int8"], default=None,
+                   help="with --preset: int8 weights and activations (W8A8) for the swapped 2:4 layers and the dense linears")
     p.add_argument("--factory", help="MODULE:FUNCTION returning {model, sampler, shape, num_classes} "
                    "(e.g. sparsedm.sampling.testing:tiny_factory)")
     p.add_argument("-n", "--num-samples", type=int, default=64, help="number of images (default 64)")
@@ -99,7 +105,8 @@ def _load_factory(spec: str, device: str, dtype) -> dict:
     return out
 
 
-def _load_preset(name: str, state_dict: Optional[str], device: str, dtype) -> dict:
+def _load_preset(name: str, state_dict: Optional[str], device: str, dtype, *, prune: bool = False,
+                 quant: Optional[str] = None, backend: Optional[str] = None) -> dict:
     try:
         import sparsedm.models as models
     except ImportError:
@@ -132,8 +139,27 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype) -> di
         print(f"sparsedm sample: preset {name} with random weights (no --state-dict): images will be noise-like",
               file=sys.stderr)
     model = model.to(device=device, dtype=dtype).eval()
+    _optimize_preset(name, p["arch"], model, state_dict, prune, quant, backend)
     return {"model": model, "sampler": p.get("sampler"), "shape": (p["in_channels"], p["resolution"], p["resolution"]),
             "num_classes": max(int(p["config"].get("num_classes", 0) or 0), 0), "context_shape": _context_shape(p["config"])}
+
+
+def _optimize_preset(name: str, arch: str, model: torch.nn.Module, state_dict: Optional[str], prune: bool,
+                     quant: Optional[str], backend: Optional[str]) -> None:
+    """Put the preset model on the sparse/int8 runtime (sparsedm.optimize) and say what ran where."""
+    import sparsedm
+    from sparsedm.models import sparse_layer_names
+
+    include = sparse_layer_names(arch, model) if prune else None
+    sparsedm.optimize(model, quant=quant, backend=backend or "auto", prune=prune, include=include)
+    report = sparsedm.last_report()
+    swapped = len(report.changed)
+    print(f"sparsedm sample: preset {name}: {swapped} of {len(report.rows)} linear/conv layers run on sparsedm's "
+          f"2:4/int8 modules (the others stay dense)", file=sys.stderr)
+    if state_dict and not prune and not any(r.changed and "Sparse" in r.kind for r in report.rows):
+        print("sparsedm sample: no layer of this checkpoint is exactly 2:4, so none runs on the 2:4 kernels; a "
+              "SparseDM checkpoint keeps its pruned weights: add --prune (or convert it with `sparsedm convert`)",
+              file=sys.stderr)
 
 
 def _context_shape(config: dict) -> Optional[tuple[int, int]]:
@@ -277,6 +303,9 @@ def _run(args: argparse.Namespace) -> int:
                           "e.g. sparsedm sample model.safetensors -n 64 -o samples.png")
     if args.state_dict and not args.preset:
         raise SampleError("--state-dict goes with --preset NAME", "add --preset, or convert the checkpoint first")
+    if (args.prune or args.quant) and not args.preset:
+        raise SampleError("--prune and --quant go with --preset NAME (a converted file keeps the sparsity and "
+                          "quantization it was converted with)", "convert with `sparsedm convert --prune --quant int8`")
     if not args.output and not args.npz:
         raise SampleError("nothing to write", "pass -o samples.png and/or --npz samples.npz")
     if args.num_samples < 1 or args.batch_size < 1:
@@ -304,7 +333,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.factory:
         loaded = _load_factory(args.factory, device, dtype)
     elif args.preset:
-        loaded = _load_preset(args.preset, args.state_dict, device, dtype)
+        loaded = _load_preset(args.preset, args.state_dict, device, dtype, prune=args.prune, quant=args.quant,
+                              backend=args.backend)
     else:
         loaded = _load_converted(args.model, device, dtype, args.backend)
     shape = tuple(int(s) for s in loaded["shape"])

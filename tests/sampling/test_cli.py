@@ -69,6 +69,46 @@ def test_sample_with_a_preset_if_models_exist(tmp_path):
     assert np.load(npz)["arr_0"].shape[0] == 2
 
 
+def test_preset_prune_runs_the_masked_model_on_the_sparse_modules(tmp_path, monkeypatch, capsys):
+    """--preset + a SparseDM-style state_dict (pruned weights not zeroed) + --prune samples the 2:4
+    masked network, on SparseLinear modules: the same images as the state_dict masked beforehand,
+    other images than the unmasked dense network; without --prune, a hint names --prune."""
+    import torch
+
+    import sparsedm.models as models
+    from sparsedm.formats import mask24
+
+    config = dict(models.PRESETS["uvit-s2-cifar10"]["config"], img_size=8, embed_dim=64, depth=2, num_heads=2)
+    preset = {"arch": "uvit", "config": config, "resolution": 8, "in_channels": 3,
+              "sampler": {"kind": "vpsde_euler", "steps": 3, "schedule": "vpsde_linear", "beta_min": 0.1, "beta_max": 20.0,
+                          "time_input": "t*999"}}
+    monkeypatch.setitem(models.PRESETS, "tiny-uvit-test", preset)
+    torch.manual_seed(0)
+    state = models.build("uvit", config, device="cpu").state_dict()
+    sparse_names = models.sparse_layer_names("uvit", models.build("uvit", config))
+    masked = {k: (v * mask24(v) if k.rsplit(".", 1)[0] in sparse_names and k.endswith(".weight") else v)
+              for k, v in state.items()}
+    dense_file, masked_file = tmp_path / "dense.pth", tmp_path / "masked.pth"
+    torch.save(state, dense_file)
+    torch.save(masked, masked_file)
+
+    def sample(sd, *extra):
+        out = tmp_path / f"{len(os.listdir(tmp_path))}.npz"
+        argv = ["--preset", "tiny-uvit-test", "--state-dict", str(sd), "-n", "3", "--npz", str(out), "--device", "cpu",
+                "--no-progress", *extra]
+        assert main(argv) == 0
+        return np.load(out)["arr_0"], capsys.readouterr().err
+
+    pruned, err = sample(dense_file, "--prune")
+    assert f"{len(sparse_names)} of" in err, err
+    premasked, err = sample(masked_file)
+    assert f"{len(sparse_names)} of" in err, err
+    np.testing.assert_array_equal(pruned, premasked)
+    unpruned, err = sample(dense_file)
+    assert "add --prune" in err
+    assert np.abs(unpruned.astype(int) - pruned.astype(int)).max() > 0
+
+
 @pytest.mark.parametrize("argv,msg", [
     ([], "exactly one model"),
     ([f"--factory={TINY}"], "nothing to write"),
@@ -78,6 +118,7 @@ def test_sample_with_a_preset_if_models_exist(tmp_path):
     ([f"--factory={TINY}", "--npz", "x.npz", "--sampler", "zigzag"], "unknown sampler kind"),
     (["--factory=nope", "--npz", "x.npz"], "MODULE:FUNCTION"),
     ([f"--factory={TINY}", "--npz", "x.npz", "--cuda-graph", "--device", "cpu"], "needs a CUDA device"),
+    ([f"--factory={TINY}", "--npz", "x.npz", "--prune"], "go with --preset"),
 ])
 def test_errors_are_clear(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
