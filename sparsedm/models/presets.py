@@ -21,9 +21,12 @@ Sources:
 from __future__ import annotations
 
 _VPSDE = {"schedule": "vpsde_linear", "beta_min": 0.1, "beta_max": 20.0, "time_input": "t*999", "prediction": "eps"}
+# U-ViT's discrete latent models (train_ldm_discrete / train_t2i_discrete) train on n in 1..1000
+# at alphas_cumprod[n - 1] and sample with DPM-Solver in continuous time, network time t * 1000
+# for t in [1/1000, 1] (eval_ldm_discrete: model_fn(x, t) calls the network at t * N).
 _SD_DISCRETE = {
     "schedule": "sd_scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000,
-    "time_input": "discrete_index", "prediction": "eps",
+    "time_input": "t*1000", "prediction": "eps",
 }
 
 

@@ -64,3 +64,36 @@ def test_step_noise_is_standard_normal_and_per_sample():
     emp = torch.quantile(a.flatten(), q)
     ref = torch.distributions.Normal(0, 1).icdf(q)
     assert (emp - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["uvit-h2-imagenet256", "uvit-h4-imagenet512", "uvit-s2-mscoco"])
+def test_discrete_latent_presets_feed_the_network_its_training_time(name):
+    """U-ViT's discrete latent models were trained on n in 1..1000 at alphas_cumprod[n - 1] of
+    the Stable Diffusion betas, and sampled by DPM-Solver at network time t * 1000 for t in
+    [1/1000, 1]: each network call's time must sit where that schedule has the grid point's noise."""
+    from sparsedm.models import PRESETS
+    from sparsedm.sampling import from_config
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, 0).numpy()
+    grid = from_config(PRESETS[name]["sampler"]).grid()
+    calls = [p for p in grid if p.net_time is not None]
+    assert len(calls) == 50
+    assert calls[0].net_time == pytest.approx(1000.0) and grid[-1].t == pytest.approx(1e-3)
+    for p in calls + [grid[-1]]:
+        n = p.t * 1000  # the training index this time stands for (1..1000), fractional between steps
+        if p.net_time is not None:
+            assert p.net_time == pytest.approx(n)
+        lo, hi = int(math.floor(n)), int(math.ceil(n))
+        log_a2 = np.interp(n, [lo, hi], np.log(alphas_cumprod[[lo - 1, hi - 1]])) if hi > lo else np.log(alphas_cumprod[lo - 1])
+        assert p.alpha**2 == pytest.approx(math.exp(log_a2), rel=1e-6), (name, p)
+
+
+@pytest.mark.parametrize("name", ["uvit-s2-cifar10", "uvit-m4-imagenet64", "uvit-l2-imagenet256"])
+def test_continuous_presets_feed_t_times_999(name):
+    from sparsedm.models import PRESETS
+    from sparsedm.sampling import from_config
+
+    calls = [p for p in from_config(PRESETS[name]["sampler"], steps=10).grid() if p.net_time is not None]
+    assert calls[0].net_time == pytest.approx(999.0)
+    assert all(p.net_time == pytest.approx(999.0 * p.t) for p in calls)
