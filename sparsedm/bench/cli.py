@@ -178,8 +178,9 @@ def _macs(args: argparse.Namespace) -> int:
                 return 2
             p = PRESETS[args.preset]
             resolution = args.resolution or p["resolution"]
-            model = build(p["arch"], p["config"], "meta")
-            inputs, kwargs = archs.example_inputs(model, p["config"], resolution, p["in_channels"], batch=1, device="meta")
+            config = archs.config_at_resolution(p["config"], resolution)
+            model = build(p["arch"], config, "meta")
+            inputs, kwargs = archs.example_inputs(model, config, resolution, p["in_channels"], batch=1, device="meta")
             report = count_macs(model, inputs, sparse_layer_names(p["arch"], model), kwargs=kwargs)
             source = f"preset {args.preset} (2:4 layers: those SparseDM sparsifies)"
     except Exception as exc:  # noqa: BLE001  (one readable line; --debug for the traceback)

@@ -121,6 +121,20 @@ def build_model(arch: Architecture, config: dict, device: str = "meta") -> nn.Mo
                            "fix --config, or use --preset NAME") from None
 
 
+def config_at_resolution(config: dict, resolution: int) -> dict:
+    """``config`` for inputs of ``resolution`` pixels (latent pixels for latent models).
+
+    A U-ViT's token count, hence its ``pos_embed``, follows ``img_size``, so it is rebuilt at
+    the new size (the patch size must divide it); convolutional UNets take any size as they are.
+    """
+    if "img_size" in config and "patch_size" in config:
+        patch = int(config["patch_size"])
+        if resolution % patch:
+            raise ValueError(f"resolution {resolution} is not a multiple of the model's patch size {patch}")
+        return {**config, "img_size": int(resolution)}
+    return config
+
+
 def example_inputs(model: nn.Module, config: dict, resolution: int, in_channels: int, batch: int = 1,
                    device: str = "meta") -> tuple[tuple, dict]:
     """Inputs for one forward pass: ``x [B, C, H, W]``, timesteps ``[B]``, and a label or text

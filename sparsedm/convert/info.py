@@ -19,8 +19,9 @@ def model_macs(manifest: dict, batch: int = 1, resolution: int | None = None) ->
     """MACs of the file's model for ``batch`` images (a forward pass on the meta device)."""
     a = manifest["architecture"]
     resolution = resolution or a["resolution"]
-    model = archs.build_model(archs.get_architecture(a["arch"]), a["config"], "meta")
-    args, kwargs = archs.example_inputs(model, a["config"], resolution, a["in_channels"], batch=batch, device="meta")
+    config = archs.config_at_resolution(a["config"], resolution)
+    model = archs.build_model(archs.get_architecture(a["arch"]), config, "meta")
+    args, kwargs = archs.example_inputs(model, config, resolution, a["in_channels"], batch=batch, device="meta")
     return count_macs(model, args, sparse_layers_of(manifest), kwargs=kwargs)
 
 

@@ -62,23 +62,29 @@ def test_unknown_sparse_layer_is_an_error():
         count_macs(nn.Linear(4, 4).to("meta"), (torch.empty(1, 4, device="meta"),), sparse_layers=["nope"])
 
 
-def test_uvit_s2_cifar10_total_by_hand(capsys):
-    """U-ViT-S/2 CIFAR10: D 512, 257 tokens (256 patches + time), 13 blocks, mlp_ratio 4."""
+@pytest.mark.parametrize("resolution", [None, 64])
+def test_uvit_s2_cifar10_total_by_hand(capsys, resolution):
+    """U-ViT-S/2 CIFAR10: D 512, 1 + (R/2)^2 tokens (patches + time), 13 blocks, mlp_ratio 4;
+    --resolution rebuilds the token count (R = 32 by default)."""
     from sparsedm.cli import main
 
     import json
 
-    d, tokens, blocks = 512, 257, 13
+    r = resolution or 32
+    patches = (r // 2) ** 2
+    d, tokens, blocks = 512, patches + 1, 13
     block_linears = tokens * d * (3 * d + d + 4 * d + 4 * d)  # qkv, proj, fc1, fc2
     attention = 2 * tokens * tokens * d  # q k^T and attn v over all heads
     skip = 6 * tokens * 2 * d * d  # skip_linear of the 6 out blocks
-    patch_embed = 256 * d * 3 * 2 * 2
+    patch_embed = patches * d * 3 * 2 * 2
     decoder_pred = tokens * d * (2 * 2 * 3)  # applied before the extra token is dropped
-    final_conv = 32 * 32 * 3 * 3 * 3 * 3
+    final_conv = r * r * 3 * 3 * 3 * 3
     dense = blocks * (block_linears + attention) + skip + patch_embed + decoder_pred + final_conv
-    assert main(["macs", "--preset", "uvit-s2-cifar10", "--json"]) == 0
+    extra = ["--resolution", str(resolution)] if resolution else []
+    assert main(["macs", "--preset", "uvit-s2-cifar10", "--json", *extra]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["dense_macs"] == dense  # about 12.2 G, the figure of DESIGN.md
+    assert doc["resolution"] == r
+    assert doc["dense_macs"] == dense  # at 32 px about 12.2 G, the figure of DESIGN.md
     assert doc["sparse_macs"] == dense - blocks * block_linears // 2
 
 
@@ -103,3 +109,21 @@ def test_macs_cli_errors(capsys):
     assert "either a converted MODEL file or --preset" in capsys.readouterr().err
     assert main(["macs", "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["macs", "--preset", "uvit-s2-cifar10", "--resolution", "33"]) == 1
+    assert "not a multiple of the model's patch size 2" in capsys.readouterr().err
+
+
+def test_ddpm_unet_input_conv_stays_dense():
+    """The 3-channel input conv (K = 27, not a multiple of 8) cannot be stored as 2:4: its MACs
+    are not halved; every other conv and linear of the DDPM UNet is."""
+    from sparsedm.models import PRESETS, build, sparse_layer_names
+    from sparsedm.convert import arch as archs
+
+    p = PRESETS["ddpm-unet-cifar10"]
+    model = build(p["arch"], p["config"], "meta")
+    names = sparse_layer_names(p["arch"], model)
+    assert "down.0" not in names and "out.2" in names
+    inputs, kwargs = archs.example_inputs(model, p["config"], 32, 3, device="meta")
+    rows = {r.name: r for r in count_macs(model, inputs, names, kwargs=kwargs).rows}
+    assert rows["down.0"].sparse_macs == rows["down.0"].dense_macs == 32 * 32 * 128 * 27
+    assert rows["out.2"].sparse_macs * 2 == rows["out.2"].dense_macs
