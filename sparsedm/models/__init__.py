@@ -63,25 +63,14 @@ def sparse_layer_names(arch: str, model: nn.Module) -> list[str]:
 
     U-ViT: attn.qkv, attn.proj, mlp.fc1, mlp.fc2 of every block (in, mid, out); skip_linear,
     patch_embed, time/label/context embeddings and decoder_pred stay dense. DDPM UNet: every
-    conv and linear whose weight the 2:4 format can hold (a reduction length that is a multiple
-    of 8: the 3-channel input conv, K = 27, is left out and stays dense).
+    conv and linear (layers whose reduction length is not a multiple of 8, like the 3-channel
+    input conv, cannot be compressed and stay dense; :func:`sparsedm.optimize` reports them).
     """
     _arch_class(arch)
-    names = [name for name, m in model.named_modules() if _linear_or_conv(m) and _compressible(m)]
+    names = [name for name, m in model.named_modules() if _linear_or_conv(m)]
     if arch == "uvit":
         return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in UVIT_SPARSE_PATTERNS)]
     return names
-
-
-def _compressible(module: nn.Module) -> bool:
-    """Whether the 2:4 format can hold this layer's weight: a reduction length (in_features, or
-    kh * kw * Cin of a groups=1 conv) that is a multiple of 8 (docs/FORMAT.md)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features % 8 == 0
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return module.groups == 1 and (module.in_channels * kh * kw) % 8 == 0
-    return True  # already a sparsedm module
 
 
 def _indices(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
