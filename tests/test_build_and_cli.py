@@ -1,6 +1,8 @@
 """The compiled extension, the standalone CMake build and the `sparsedm` command."""
 
+import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +27,25 @@ def test_extension_decodes_meta_like_the_format():
     assert [_ext.C.decode_meta_byte(b) for b in range(256)] == kept
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_cmake_builds_and_cpp_tests_pass(tmp_path):
+    """The C++ host tests (lane emulator, fragment maps, conv gather, grid math) through CMake;
+    where cmake is missing, each tests/cpp/test_*.cpp is compiled with the host compiler the way
+    CMakeLists.txt does it, so the emulator checks never silently drop out."""
     root = __file__.rsplit("/tests/", 1)[0]
+    if shutil.which("cmake") is None:
+        cxx = shutil.which("g++") or shutil.which("c++")
+        if cxx is None:
+            pytest.skip("neither cmake nor a host C++ compiler")
+        sources = sorted(glob.glob(f"{root}/tests/cpp/test_*.cpp"))
+        assert sources
+        for src in sources:
+            exe = str(tmp_path / os.path.basename(src)[:-4])
+            build = subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-I", f"{root}/kernels/cuda",
+                                    src, "-o", exe], capture_output=True, text=True)
+            assert build.returncode == 0, build.stderr[-4000:]
+            res = subprocess.run([exe], capture_output=True, text=True)
+            assert res.returncode == 0, f"{os.path.basename(src)}:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+        return
     subprocess.run(["cmake", "-S", root, "-B", str(tmp_path)], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(tmp_path), "-j", "2"], check=True, capture_output=True)
     out = subprocess.run(["ctest", "--test-dir", str(tmp_path), "--output-on-failure"], capture_output=True, text=True)
