@@ -130,6 +130,40 @@ def test_int8_activation_epilogue(sparse, activation):
     assert max_err <= 1e-2 * ref.float().abs().max().item(), f"{activation}: max abs error {max_err:.3e}"
 
 
+@pytest.mark.parametrize("mode", ["static", "per_token"])
+@pytest.mark.parametrize("m", [1, 7, 4100])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_given_x_scale(sparse, m, mode):
+    """A given x_scale (one static scale, some codes clamped; or one scale per token): the
+    quantize kernel's static path, then the GEMM, against the reference (docs/FORMAT.md)."""
+    _need_cuda_backend()
+    torch.manual_seed(m + (5 if sparse else 0) + (1 if mode == "static" else 0))
+    n, k = 1024, 1024
+    w = torch.randn(n, k, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    bias = torch.randn(n, device="cuda", dtype=torch.float16)
+    if mode == "static":
+        x_scale = torch.tensor([x.abs().max().item() / 127 * 0.8], device="cuda")
+    else:
+        x_scale = x.float().abs().amax(dim=1) / 127 * (0.7 + 0.6 * torch.rand(m, device="cuda"))
+    if sparse:
+        values, meta = compress24(_pruned(w))
+        values_q, w_scale = quantize_weight_int8(values)
+        args = (x, values_q, meta, w_scale, bias, x_scale, "gelu")
+        op, ref_fn = torch.ops.sparsedm.sparse24_int8_linear, reference.sparse24_int8_linear
+    else:
+        w_q, w_scale = quantize_weight_int8(w)
+        args = (x, w_q, w_scale, bias, x_scale, "gelu")
+        op, ref_fn = torch.ops.sparsedm.int8_linear, reference.int8_linear
+    with registry.use_backend("cuda"):
+        y = op(*args)
+    ref = ref_fn(*args)
+    mismatch = (y != ref).float().mean().item()
+    max_err = (y.float() - ref.float()).abs().max().item()
+    assert mismatch < 1e-3, f"{mode}: {mismatch:.2%} elements differ; max abs {max_err:.3e}"
+    assert max_err <= 1e-2 * ref.float().abs().max().item(), f"{mode}: max abs error {max_err:.3e}"
+
+
 def test_unsupported_shapes_give_reasons():
     _need_cuda_backend()
     values, meta = compress24(_pruned(torch.randn(24, 96, device="cuda", dtype=torch.float16)))
@@ -212,7 +246,7 @@ def test_split_k_matches_reference(monkeypatch, family, n, k, m, splits):
 
 
 # Every reduction kernel instantiation (float32 sums -> f16/bf16, int32 sums -> f16/bf16/f32);
-# every activation on the 2:4 f16/bf16 GEMM (the int8 ops have no activation argument).
+# every activation on the 2:4 f16/bf16 GEMM (the int8 activations: test_int8_activation_epilogue).
 EPILOGUE_CASES = [("sparse16", dtype, act) for dtype in (torch.float16, torch.bfloat16) for act in checks.ACTIVATIONS] + [
     ("sparse8", torch.float16, "none"), ("sparse8", torch.bfloat16, "none"), ("sparse8", torch.float32, "none"),
     ("dense8", torch.float32, "none"),
