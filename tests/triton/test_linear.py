@@ -370,19 +370,52 @@ def test_opcheck(request):
 SPLITS = (1, 2, 3)
 
 
-class _Reductions:
+class _Launches:
+    """Counts launches of the named kernels of sparsedm.kernels.linear, delegating to them."""
+
+    def __init__(self, monkeypatch, *names):
+        from sparsedm.kernels import linear
+
+        self.counts = dict.fromkeys(names, 0)
+        for name in names:
+            monkeypatch.setattr(linear, name, self._counting(name, getattr(linear, name)))
+
+    def _counting(self, name, kernel):
+        counts = self.counts
+
+        class Counting:
+            def __getitem__(self, grid):
+                counts[name] += 1
+                return kernel[grid]
+
+        return Counting()
+
+
+class _Reductions(_Launches):
     """Counts launches of the split-K reduction kernel (so a split that silently did not
     happen fails), delegating to the real kernel."""
 
     def __init__(self, monkeypatch):
-        from sparsedm.kernels import linear
+        super().__init__(monkeypatch, "_split_k_reduce_kernel")
 
-        self.kernel, self.launches = linear._split_k_reduce_kernel, 0
-        monkeypatch.setattr(linear, "_split_k_reduce_kernel", self)
+    @property
+    def launches(self):
+        return self.counts["_split_k_reduce_kernel"]
 
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
+
+@pytest.mark.parametrize("scale_mode", ["dynamic", "static", "per_token"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_int8_launch_count(request, monkeypatch, sparse, scale_mode):
+    """The int8 op is at most two launches: the fused absmax + quantize pass, then the GEMM; a
+    given x_scale (static or per token) skips the quantize pass (x is quantized in the GEMM)."""
+    gen = _gen(request)
+    x = _randn(5, 72, gen=gen)
+    w_q, w_scale = _int8_weight(24, 72, sparse, gen)
+    launches = _Launches(monkeypatch, "_quantize_rows_kernel", "_linear_small_m", "_linear_large_m")
+    y, ref = _run_int8(sparse, x, w_q, w_scale, None, _x_scale(scale_mode, x, gen))
+    _assert_close(y, ref, *INT8_TOL[torch.float32], f"int8 sparse={sparse} {scale_mode}")
+    quantize_passes = 1 if scale_mode == "dynamic" else 0
+    assert launches.counts == {"_quantize_rows_kernel": quantize_passes, "_linear_small_m": 1, "_linear_large_m": 0}
 
 
 @pytest.mark.parametrize("split", SPLITS)
