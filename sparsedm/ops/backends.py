@@ -39,12 +39,25 @@ def _probe_triton() -> Optional[str]:
 
 
 def _probe_cuda() -> Optional[str]:
+    from sparsedm import _jit
+
+    if _jit.cuda_ops_registered():  # by sparsedm._C's CUDA build, or by an earlier JIT build
+        return _cuda_device_reason()
+    if os.environ.get(_jit.ENV_JIT) == "1":
+        reason = _cuda_device_reason()
+        if reason is not None:
+            return reason
+        try:
+            _jit.load_cuda_ops()
+        except Exception as exc:  # a compiler error, no nvcc, ...: one readable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return f"{_jit.ENV_JIT}=1 but the JIT build of the CUDA ops failed: {type(exc).__name__}: {first}"
+        return None
+    hint = f" ({_jit.ENV_JIT}=1 builds the CUDA ops at first use instead, for development)"
     if _ext.C is None:
-        return f"the compiled extension sparsedm._C is missing: {_ext.import_error}"
+        return f"the compiled extension sparsedm._C is missing: {_ext.import_error}{hint}"
     info = _ext.C.build_info()
-    if not info.get("cuda"):
-        return f"sparsedm._C was built without CUDA: {info.get('why_cpu_only') or 'SPARSEDM_CUDA=0'}"
-    return _cuda_device_reason()
+    return f"sparsedm._C was built without CUDA: {info.get('why_cpu_only') or 'SPARSEDM_CUDA=0'}{hint}"
 
 
 def _probe_cusparselt() -> Optional[str]:

@@ -90,6 +90,10 @@ class Backend:
             except Exception as exc:
                 self.load_error = f"loading its kernels failed: {type(exc).__name__}: {exc}"
 
+    def reprobe(self) -> None:
+        """Forget the probe's answer (something it asks about changed: a JIT build loaded ops)."""
+        self._probed = None
+
     def unavailable_reason(self) -> Optional[str]:
         # Probes ask about the machine and the install, which do not change while the process
         # runs: probe once, since this is on every op call's path.
