@@ -42,6 +42,40 @@ void require_cuda_contiguous(const at::Tensor& t, const char* op, const char* na
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+void require_device_of(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device(),
+              " (move both to one GPU)");
+}
+
+// K (the last dim) of an activation tensor, checked before anything divides by it.
+int64_t reduction_length(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": ", name, " must have a non-empty last dimension (K), got shape ",
+              x.sizes());
+  TORCH_CHECK(x.size(-1) <= INT32_MAX, op, ": K=", x.size(-1), " does not fit in int32");
+  return x.size(-1);
+}
+
+// The re-laid-out weight (w) and metadata words of one family at N x K, as _cuda_relayout24
+// made them: int32, on x's device, exactly the word counts the kernels index (a short buffer
+// would be read past its end).
+void require_relayout(const at::Tensor& w, const std::optional<at::Tensor>& meta, int family, int64_t N, int64_t K,
+                      const at::Tensor& x, const char* op) {
+  TORCH_CHECK(N > 0 && N <= INT32_MAX, op, ": N=", N, " must be in 1..2^31-1");
+  long meta_words = 0;
+  const long w_words = sparsedm_cuda_relayout_words(family, static_cast<int>(N), static_cast<int>(K), &meta_words);
+  require_cuda_contiguous(w, op, "w");
+  require_device_of(w, x, op, "w");
+  TORCH_CHECK(w.scalar_type() == at::kInt && w.numel() == w_words, op, ": w must be the int32 re-layout of an N=", N,
+              " K=", K, " weight (", w_words, " words, from _cuda_relayout24), got ", w.scalar_type(), " with ", w.numel(),
+              " elements");
+  if (family == SPARSEDM_D8) return;
+  TORCH_CHECK(meta.has_value(), op, ": the 2:4 families need meta (from _cuda_relayout24)");
+  require_cuda_contiguous(*meta, op, "meta");
+  require_device_of(*meta, x, op, "meta");
+  TORCH_CHECK(meta->scalar_type() == at::kInt && meta->numel() == meta_words, op, ": meta must be the int32 re-layout of an N=",
+              N, " K=", K, " weight (", meta_words, " words), got ", meta->scalar_type(), " with ", meta->numel(), " elements");
+}
+
 // M (tokens) as the int the C entry points take: at most SPARSEDM_MAX_TOKENS (int32 token
 // indices in the kernels; the launchers handle grids past 65535 token tiles themselves).
 int tokens_arg(int64_t M, const char* op) {
@@ -71,6 +105,8 @@ int forced_splits(int64_t split_k) { return static_cast<int>(std::min<int64_t>(s
 const float* opt_f32(const std::optional<at::Tensor>& t, int64_t count, const char* op, const char* name) {
   if (!t.has_value()) return nullptr;
   require_cuda_contiguous(*t, op, name);
+  TORCH_CHECK(t->device().index() == c10::cuda::current_device(), op, ": ", name, " is on ", t->device(),
+              ", not on the GPU of the other operands (cuda:", static_cast<int>(c10::cuda::current_device()), ")");
   TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32 (the backend converts it)");
   TORCH_CHECK(t->numel() == count, op, ": ", name, " must hold ", count, " values, got ", t->numel());
   return t->data_ptr<float>();
@@ -81,6 +117,11 @@ std::tuple<at::Tensor, at::Tensor> relayout(const at::Tensor& src, const std::op
                                             int64_t N, int64_t K) {
   const char* op = "sparsedm::_cuda_relayout24";
   require_cuda_contiguous(src, op, "src");
+  TORCH_CHECK(N > 0 && K > 0 && N <= INT32_MAX && K <= INT32_MAX, op, ": N=", N, " and K=", K, " must be in 1..2^31-1");
+  TORCH_CHECK(family == SPARSEDM_SP16 || family == SPARSEDM_SP8 || family == SPARSEDM_D8, op, ": unknown family ", family);
+  const int64_t src_cols = family == SPARSEDM_D8 ? K : K / 2;
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == N && src.size(1) == src_cols, op, ": src must be [N, ",
+              family == SPARSEDM_D8 ? "K" : "K/2", "] = [", N, ", ", src_cols, "], got ", src.sizes());
   c10::cuda::CUDAGuard guard(src.device());
   long meta_words = 0;
   const long w_words = sparsedm_cuda_relayout_words(static_cast<int>(family), static_cast<int>(N), static_cast<int>(K), &meta_words);
@@ -90,9 +131,12 @@ std::tuple<at::Tensor, at::Tensor> relayout(const at::Tensor& src, const std::op
   const uint8_t* meta_ptr = nullptr;
   if (meta.has_value()) {
     require_cuda_contiguous(*meta, op, "meta");
-    TORCH_CHECK(meta->scalar_type() == at::kByte, op, ": meta must be uint8");
+    require_device_of(*meta, src, op, "meta");
+    TORCH_CHECK(meta->scalar_type() == at::kByte && meta->numel() == N * (K / 8), op, ": meta must be uint8 [N, K/8] = [", N,
+                ", ", K / 8, "], got ", meta->scalar_type(), " ", meta->sizes());
     meta_ptr = meta->data_ptr<uint8_t>();
   }
+  TORCH_CHECK(meta_ptr != nullptr || family == SPARSEDM_D8, op, ": the 2:4 families need meta");
   check_status(sparsedm_cuda_relayout(static_cast<int>(family), src.data_ptr(), meta_ptr,
                                       reinterpret_cast<uint32_t*>(out_w.data_ptr<int>()),
                                       reinterpret_cast<uint32_t*>(out_m.data_ptr<int>()), static_cast<int>(N),
@@ -107,16 +151,16 @@ at::Tensor sparse24_gemm(const at::Tensor& x, const at::Tensor& w, const at::Ten
                          int64_t activation, int64_t split_k) {
   const char* op = "sparsedm::_cuda_sparse24_gemm";
   require_cuda_contiguous(x, op, "x");
-  require_cuda_contiguous(w, op, "w");
-  require_cuda_contiguous(meta, op, "meta");
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t K = x.size(-1), M = x.numel() / K;
+  const int64_t K = reduction_length(x, op, "x"), M = x.numel() / K;
+  require_relayout(w, meta, SPARSEDM_SP16, N, K, x, op);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
   at::Tensor y = at::empty(out_shape, x.options());
   const void* res = nullptr;
   if (residual.has_value()) {
     require_cuda_contiguous(*residual, op, "residual");
+    require_device_of(*residual, x, op, "residual");
     TORCH_CHECK(residual->scalar_type() == x.scalar_type() && residual->numel() == M * N, op, ": residual must match the output");
     res = residual->data_ptr();
   }
@@ -144,20 +188,26 @@ at::Tensor sparse24_conv2d(const at::Tensor& x, const at::Tensor& w, const at::T
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, op, ": x must be a 4-D CUDA tensor [N, C, H, W]");
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), op,
               ": x must be channels_last (NHWC memory); the backend converts NCHW input");
-  require_cuda_contiguous(w, op, "w");
-  require_cuda_contiguous(meta, op, "meta");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
               ": stride, padding and dilation must have 2 elements");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 && padding[0] >= 0 && padding[1] >= 0,
+              op, ": stride and dilation must be positive and padding non-negative, got stride ", stride, " padding ",
+              padding, " dilation ", dilation);
+  TORCH_CHECK(kh > 0 && kw > 0 && kh <= 64 && kw <= 64 && Cout > 0, op, ": kh=", kh, ", kw=", kw, ", Cout=", Cout,
+              " must be positive (kernel sides at most 64)");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(std::max({N, C, H, W, Cout}) <= INT32_MAX, op, ": every size of x and Cout must fit in int32");
+  TORCH_CHECK(std::max({N, C, H, W, Cout}) <= INT32_MAX && C * kh * kw <= INT32_MAX, op,
+              ": every size of x, Cout and kh*kw*C must fit in int32");
+  TORCH_CHECK(N > 0 && C > 0, op, ": x must not be empty, got ", x.sizes());
+  require_relayout(w, meta, SPARSEDM_SP16, Cout, sparsedm_cuda_conv_k_padded(static_cast<int>(C * kh * kw)), x, op);
   const int64_t P = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
   const int64_t Q = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
   TORCH_CHECK(P > 0 && Q > 0, op, ": the input is too small for the kernel");
   at::Tensor y = at::empty({N, Cout, P, Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const void* res = nullptr;
   if (residual.has_value()) {
-    TORCH_CHECK(residual->is_cuda() && residual->sizes() == y.sizes() && residual->scalar_type() == x.scalar_type() &&
+    TORCH_CHECK(residual->device() == x.device() && residual->sizes() == y.sizes() && residual->scalar_type() == x.scalar_type() &&
                     residual->is_contiguous(at::MemoryFormat::ChannelsLast),
                 op, ": residual must be a channels_last tensor of the output's shape and dtype");
     res = residual->data_ptr();
@@ -179,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, const std:
   const char* op = "sparsedm::_cuda_quantize_rows";
   require_cuda_contiguous(x, op, "x");
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t K = x.size(-1), M = x.numel() / K;
+  const int64_t K = reduction_length(x, op, "x"), M = x.numel() / K;
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor s = at::empty({M}, x.options().dtype(at::kFloat));
   const int64_t n_static = static_scale.has_value() && static_scale->numel() == 1 ? 1 : M;  // one, or one per token
@@ -197,21 +247,21 @@ at::Tensor int8_gemm(const at::Tensor& q, const at::Tensor& x_scale, const at::T
                      int64_t activation, int64_t split_k) {
   const char* op = "sparsedm::_cuda_int8_gemm";
   require_cuda_contiguous(q, op, "q");
-  require_cuda_contiguous(w, op, "w");
   TORCH_CHECK(q.scalar_type() == at::kChar, op, ": q must be int8");
+  TORCH_CHECK(family == SPARSEDM_SP8 || family == SPARSEDM_D8, op, ": family must be SP8 (2:4 int8) or D8 (dense int8), got ",
+              family);
   c10::cuda::CUDAGuard guard(q.device());
-  const int64_t K = q.size(-1), M = q.numel() / K;
+  const int64_t K = reduction_length(q, op, "q"), M = q.numel() / K;
+  TORCH_CHECK(family == SPARSEDM_SP8 || !meta.has_value(), op, ": dense int8 (D8) takes no meta");
+  require_relayout(w, meta, static_cast<int>(family), N, K, q, op);
   std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
   out_shape.back() = N;
   at::Tensor y = at::empty(out_shape, q.options().dtype(out_dtype));
-  const uint32_t* meta_ptr = nullptr;
-  if (meta.has_value()) {
-    require_cuda_contiguous(*meta, op, "meta");
-    meta_ptr = reinterpret_cast<const uint32_t*>(meta->data_ptr<int>());
-  }
+  const uint32_t* meta_ptr = meta.has_value() ? reinterpret_cast<const uint32_t*>(meta->data_ptr<int>()) : nullptr;
   const void* res = nullptr;
   if (residual.has_value()) {
     require_cuda_contiguous(*residual, op, "residual");
+    require_device_of(*residual, q, op, "residual");
     TORCH_CHECK(residual->scalar_type() == out_dtype && residual->numel() == M * N, op, ": residual must match the output");
     res = residual->data_ptr();
   }

@@ -292,6 +292,44 @@ def test_split_k_private_op_residual_and_auto_rule():
         assert _rel_err(y, ref) < 3e-3, f"split_k={split_k}"
 
 
+def test_private_ops_refuse_bad_arguments():
+    """The private ops check what the kernels would otherwise read out of bounds or divide by:
+    re-layout word counts (a weight of another shape), K = 0, the int8 family, a conv stride
+    of 0 and a weight relaid for another Cin. Each is a readable RuntimeError, not a crash."""
+    _need_cuda_backend()
+    from sparsedm.ops import cuda_backend
+
+    n, k = 256, 512
+    values, meta = _sparse_weight(n, k, torch.float16)
+    w, mw = cuda_backend.relayout(values, meta, cuda_backend.SP16, n, k)
+    x = torch.randn(3, k, device="cuda", dtype=torch.float16)
+    gemm = torch.ops.sparsedm._cuda_sparse24_gemm
+    with pytest.raises(RuntimeError, match="w must be the int32 re-layout of an N=256 K=256"):
+        gemm(x[:, :256].contiguous(), w, mw, None, None, n, 0, 0)  # w was laid out for K = 512
+    with pytest.raises(RuntimeError, match="meta must be the int32 re-layout"):
+        gemm(x, w, mw[:-1].contiguous(), None, None, n, 0, 0)
+    with pytest.raises(RuntimeError, match="non-empty last dimension"):
+        gemm(x[:, :0].contiguous(), w, mw, None, None, n, 0, 0)
+    with pytest.raises(RuntimeError, match="non-empty last dimension"):
+        torch.ops.sparsedm._cuda_quantize_rows(x[:, :0].contiguous(), None)
+    q, s_x = torch.ops.sparsedm._cuda_quantize_rows(x, None)
+    w_q, w_scale = quantize_weight_int8(torch.randn(n, k, device="cuda"))
+    w8, _ = cuda_backend.relayout(w_q, None, cuda_backend.D8, n, k)
+    with pytest.raises(RuntimeError, match="family must be SP8"):
+        torch.ops.sparsedm._cuda_int8_gemm(q, s_x, w8, None, w_scale, None, None, cuda_backend.SP16, n, torch.float16, 0, 0)
+    y = torch.ops.sparsedm._cuda_int8_gemm(q, s_x, w8, None, w_scale, None, None, cuda_backend.D8, n, torch.float16, 0, 0)
+    assert (y != reference.int8_linear(x, w_q, w_scale, None, None)).float().mean() < 1e-3  # the valid call still works
+    conv = torch.ops.sparsedm._cuda_sparse24_conv2d
+    cv, cm = compress24(_pruned(torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.float16)))
+    cw, cmw = cuda_backend.relayout(cv, cm, cuda_backend.SP16, 64, 576, k_padded=cuda_backend.conv_k_padded(576))
+    xc = torch.randn(1, 64, 8, 8, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    assert conv(xc, cw, cmw, None, None, 64, 3, 3, [1, 1], [1, 1], [1, 1], 0).shape == (1, 64, 8, 8)
+    with pytest.raises(RuntimeError, match="stride and dilation must be positive"):
+        conv(xc, cw, cmw, None, None, 64, 3, 3, [0, 1], [1, 1], [1, 1], 0)
+    with pytest.raises(RuntimeError, match="w must be the int32 re-layout"):
+        conv(xc[:, :32].contiguous(memory_format=torch.channels_last), cw, cmw, None, None, 64, 3, 3, [1, 1], [1, 1], [1, 1], 0)
+
+
 def test_huge_m_grid_layers():
     """M past 65535 token tiles of the large tile (65535 * 64): the grid is laid out in gridDim.z
     layers. Rows near the layer boundary and the last rows against the reference."""
