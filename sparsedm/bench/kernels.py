@@ -155,10 +155,11 @@ def _cusparselt_ok() -> bool:
 
 def _cutlass_weight(w: torch.Tensor):
     try:
-        from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+        from torch.sparse import SparseSemiStructuredTensorCUTLASS
 
-        SparseSemiStructuredTensor._FORCE_CUTLASS = True
-        return to_sparse_semi_structured(w)
+        # The class itself, not to_sparse_semi_structured: that one would need torch's global
+        # _FORCE_CUTLASS switch, which changes every later conversion in the process.
+        return SparseSemiStructuredTensorCUTLASS.from_dense(w)
     except Exception as exc:  # shape or dtype torch's CUTLASS path does not take
         log.info("torch CUTLASS 2:4 path unavailable for %s: %s", tuple(w.shape), exc)
         return None

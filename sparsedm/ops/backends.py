@@ -89,8 +89,11 @@ registry.register_backend(
     _probe_cuda,
     loader=lambda: importlib.import_module("sparsedm.ops.cuda_backend"),
 )
-registry.register_backend("cusparselt", "torch._cslt_sparse_mm (cuSPARSELt)", _probe_cusparselt)
-registry.register_backend("cutlass", "torch._sparse_semi_structured_linear (CUTLASS, sm_8x)", _probe_cutlass)
+_load_torch_sparse = lambda: importlib.import_module("sparsedm.ops.torch_sparse")  # noqa: E731
+registry.register_backend("cusparselt", "torch's cuSPARSELt 2:4 GEMM (torch._cslt_sparse_mm)", _probe_cusparselt,
+                          loader=_load_torch_sparse)
+registry.register_backend("cutlass", "torch's CUTLASS 2:4 GEMM (to_sparse_semi_structured, sm_8x)", _probe_cutlass,
+                          loader=_load_torch_sparse)
 registry.register_backend(
     "dense",
     "cuBLAS/cuDNN on the decompressed weight (cached per weight)",
