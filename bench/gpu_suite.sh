@@ -8,12 +8,13 @@
 #                                            test (= the three test stages + sanitizer)
 #                                            bench (= both bench stages), all (default)
 #
-# Each stage runs under `timeout $STEP_TIMEOUT` (default 540 s) so that a stage that hangs
-# still leaves its log. Stages can go in separate calls of a 10-minute command limit: the
-# build is reused when the extension already has its CUDA ops and is newer than the sources,
-# and Triton's cache lives in .triton-cache/ inside the checkout.
+# Each step runs under `timeout $STEP_TIMEOUT` (default 540 s) so that a step that hangs
+# still leaves its log; SUITE_BUDGET caps the whole call (below). Stages can go in separate
+# calls of a 10-minute command limit: the build is reused when the extension already has its
+# CUDA ops and is newer than the sources, and Triton's cache lives in .triton-cache/ inside
+# the checkout.
 #
-# Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels.{json,csv,md,png},
+# Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels-<op>.{json,csv,md,png},
 # ...-model-<preset>.*, ...-junit-<stage>.xml for the test stages, and gpu_suite.log.
 # Where the tree is a copy without .git, set SPARSEDM_COMMIT to the commit it was copied from.
 set -uo pipefail
@@ -32,7 +33,21 @@ status=0
 STAGES="${*:-all}"
 want() { for s in $STAGES; do case "$s" in all|"$1") return 0;; test) case "$1" in test-*|sanitizer) return 0;; esac;; bench) case "$1" in bench-*) return 0;; esac;; esac; done; return 1; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-run() { timeout "$STEP_TIMEOUT" "$@" || { rc=$?; echo "!!! failed (exit $rc): $*"; status=1; }; }
+# SUITE_BUDGET (seconds, 0 = none): the whole call's time. Each step's limit is cut to what is
+# left of it, so a runner that kills the call at a fixed time (a 10-minute command limit) finds
+# the suite already finished, its files written. A bench step stopped by its limit (SIGTERM)
+# still writes the rows it measured, marked partial.
+SUITE_BUDGET="${SUITE_BUDGET:-0}"
+SUITE_START=$(date +%s)
+run() {
+  local limit="$STEP_TIMEOUT"
+  if [ "$SUITE_BUDGET" -gt 0 ]; then
+    local left=$((SUITE_BUDGET - ($(date +%s) - SUITE_START) - 15))
+    if [ "$left" -lt 20 ]; then echo "!!! skipped (SUITE_BUDGET spent): $*"; status=1; return; fi
+    [ "$left" -lt "$limit" ] && limit="$left"
+  fi
+  timeout -k 10 "$limit" "$@" || { rc=$?; echo "!!! failed (exit $rc): $*"; status=1; }
+}
 
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -108,8 +123,10 @@ if want sanitizer; then
   fi
 fi
 if want bench-kernels; then
-  step "kernel benchmarks (all shape tables)"
-  run "$PY" -m sparsedm bench kernels --op all --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT"
+  step "kernel benchmarks (all shape tables), one run per op family"
+  for op in ${BENCH_OPS:-linear int8 sparse-int8 conv}; do
+    run "$PY" -m sparsedm bench kernels --op "$op" --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT"
+  done
 fi
 if want bench-models; then
   step "model benchmarks"

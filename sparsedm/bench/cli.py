@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 import torch
 
@@ -88,14 +91,42 @@ def _kernels(args: argparse.Namespace) -> int:
         print(f"error: no shapes for op {args.op!r} in tables {', '.join(names)} "
               f"(linear ops use {', '.join(LINEAR_TABLES)}; conv uses {', '.join(CONV_TABLES)})", file=sys.stderr)
         return 2
-    rows = []
-    for op, tname, shape in _progress(jobs, len(jobs), "bench kernels"):
-        rows += kernel_bench.bench_shape(op, shape, tname, dtype, device, backends=backends,
-                                         warmup=args.warmup, reps=args.reps, gpu_name=hdr["gpu"])
+    rows, done = [], 0
+    try:
+        with _sigterm_as_interrupt():
+            for op, tname, shape in _progress(jobs, len(jobs), "bench kernels"):
+                rows += kernel_bench.bench_shape(op, shape, tname, dtype, device, backends=backends,
+                                                 warmup=args.warmup, reps=args.reps, gpu_name=hdr["gpu"])
+                done += 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {done} of {len(jobs)} shapes", file=sys.stderr)
+    if done < len(jobs):
+        if not rows:
+            return 130
+        # A run cut short (Ctrl-C, a time limit's SIGTERM) keeps what it measured, marked as such.
+        hdr = {**hdr, "partial": f"{done} of {len(jobs)} shapes"}
     print(terminal_table(rows))
-    paths = write_results(rows, hdr, args.out, "kernels")
-    print("\nwrote " + ", ".join(paths.values()))
-    return 0
+    # One file set per op family when --op names one, so runs of single families sit side by side.
+    paths = write_results(rows, hdr, args.out, "kernels" if args.op == "all" else f"kernels-{args.op}")
+    print("\nwrote " + ", ".join(paths.values()) + (" (partial)" if "partial" in hdr else ""))
+    return 130 if "partial" in hdr else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what `timeout` sends) raises KeyboardInterrupt in the main thread meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _model(args: argparse.Namespace) -> int:

@@ -42,6 +42,34 @@ def test_bench_kernels_cpu_writes_csv_json_md_png(tmp_path, capsys):
     assert "reference" in captured.out
 
 
+def test_bench_kernels_interrupted_keeps_the_rows_measured(tmp_path, capsys, monkeypatch):
+    """A run stopped by SIGTERM (a time limit) after its first shape writes that shape's rows,
+    marked partial, under the op family's own name, and exits 130."""
+    import os
+    import signal
+
+    from sparsedm.bench import kernels as kernel_bench
+
+    real, calls = kernel_bench.bench_shape, []
+
+    def bench_then_terminate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_bench, "bench_shape", bench_then_terminate)
+    rc = main(["bench", "kernels", "--device", "cpu", "--shapes", "cpu-linear", "--op", "linear", "--backends", "reference",
+               "--reps", "2", "--warmup", "1", "--out", str(tmp_path)])
+    assert rc == 130 and len(calls) == 2
+    assert "interrupted after 1 of 3 shapes" in capsys.readouterr().err
+    (path,) = tmp_path.glob("*-kernels-linear.json")
+    doc = load_results(str(path))
+    assert doc["partial"] == "1 of 3 shapes"
+    assert {r["shape"]["M"] for r in doc["rows"]} == {1}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
 def test_bench_kernels_unknown_table(capsys):
     assert main(["bench", "kernels", "--device", "cpu", "--shapes", "nope"]) == 2
     assert "unknown shape table 'nope'" in capsys.readouterr().err
