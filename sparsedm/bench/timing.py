@@ -2,8 +2,9 @@
 
 Method (docs/BENCHMARKS.md): random inputs, several copies rotated so that one call never
 finds the previous call's operands in L2, a warm-up, then ``reps`` individually timed calls;
-the median is reported. On CUDA each call is timed with CUDA events; on CPU with
-``time.perf_counter``. The timer is injectable so the harness itself is tested with a fake
+the median is reported. On CUDA each call is timed with CUDA events, the call queued behind a
+short GPU busy-wait so that the span is GPU time, not Python dispatch (LEAD_CYCLES); on CPU
+with ``time.perf_counter``. The timer is injectable so the harness itself is tested with a fake
 clock.
 """
 
@@ -40,12 +41,29 @@ class CpuTimer:
         return (time.perf_counter() - self._t0) * 1e3
 
 
+# GPU busy-wait queued before each timed call's start event, in clock cycles (about 100 us at
+# 2 GHz). Without it the stream is idle when the start event is recorded, so the measured span
+# also holds the host's Python dispatch of the call (tens of microseconds, as long as a small-M
+# GEMM itself); with it the call is already queued when the GPU reaches the start event, and the
+# span is the GPU's work alone, what a CUDA-graph replay of a model pays.
+LEAD_CYCLES = 200_000
+
+
 class CudaEventTimer:
-    """Times the work queued on the current stream between start and stop."""
+    """Times the work queued on the current stream between start and stop.
+
+    ``lead_cycles`` > 0 queues that much GPU busy-wait before the start event (see
+    LEAD_CYCLES): GPU time only. 0 times from an idle stream: host dispatch included.
+    """
+
+    def __init__(self, lead_cycles: int = LEAD_CYCLES):
+        self.lead_cycles = int(lead_cycles)
 
     def start(self) -> None:
         self._begin = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
+        if self.lead_cycles > 0:
+            torch.cuda._sleep(self.lead_cycles)
         self._begin.record()
 
     def stop(self) -> float:
@@ -54,8 +72,9 @@ class CudaEventTimer:
         return self._begin.elapsed_time(self._end)
 
 
-def timer_for(device: torch.device | str) -> Timer:
-    return CudaEventTimer() if torch.device(device).type == "cuda" else CpuTimer()
+def timer_for(device: torch.device | str, lead_cycles: int = LEAD_CYCLES) -> Timer:
+    """CUDA events (GPU time, after ``lead_cycles`` of queued busy-wait) on CUDA, else the host clock."""
+    return CudaEventTimer(lead_cycles) if torch.device(device).type == "cuda" else CpuTimer()
 
 
 @dataclass
