@@ -135,6 +135,11 @@ if want bench-models; then
   run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --out "$OUT"
 fi
 
+if want bench-kernels || want bench-models; then
+  step "speed targets (sparsedm bench targets) over this run's results"
+  "$PY" -m sparsedm bench targets "$OUT" --out "$OUT/${STEM}targets.md" || true
+fi
+
 step "done: exit status $status; files in $OUT"
 ls -la "$OUT"
 # Some runners return only a handful of files from $OUT (the device tool: 8). When there are

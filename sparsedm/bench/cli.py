@@ -185,6 +185,29 @@ def _model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(args: argparse.Namespace) -> int:
+    import json
+
+    from sparsedm._io import write_atomic
+    from sparsedm.bench import targets
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    rows = targets.load_rows(args.paths)
+    if not rows:
+        print(f"error: no sparsedm results files (JSON with 'gpu' and 'rows') in {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    results = targets.evaluate(rows)
+    gpus = sorted({r["_gpu"] for r in rows if r.get("_gpu")})
+    text = f"Speed targets, from {len(rows)} result rows ({', '.join(gpus)})\n\n" + targets.markdown(results)
+    print(json.dumps(results, indent=1) if args.json else text)
+    if args.out:
+        write_atomic(args.out, text)
+    return 0
+
+
 def _holds_24(module) -> bool:
     """Whether the 2:4 format can hold this layer's weight: its reduction length (in_features,
     or kh * kw * Cin of a groups=1 conv) is a multiple of 8 (docs/FORMAT.md). SparseDM also
@@ -303,6 +326,18 @@ def register(subparsers) -> None:
     mb.add_argument("--reps", type=positive_int, default=20, help="timed steps; the median is reported (default 20)")
     mb.add_argument("--out", default="bench/out", help="directory for the results files (default bench/out)")
     mb.set_defaults(func=_model)
+
+    t = sub.add_parser(
+        "targets",
+        help="check results files against the project's speed targets",
+        description="Read benchmark results (JSON files, or directories of them) and check each speed target "
+        "of the project (sparsedm/bench/targets.py): the worst matching shape counts; a target no file "
+        "measured is 'missing', never passed.",
+    )
+    t.add_argument("paths", nargs="+", help="results .json files or directories holding them")
+    t.add_argument("--out", help="also write the table as markdown to this file")
+    t.add_argument("--json", action="store_true", help="print the results as JSON")
+    t.set_defaults(func=_targets)
 
     m = subparsers.add_parser(
         "macs",
