@@ -162,6 +162,10 @@ def resolve_architecture(src: Source, preset: Optional[str], config_path: Option
             raise ConvertError(f"unknown preset {preset!r}", f"choose one of {', '.join(sorted(table)) or '(none installed)'}")
         p = table[preset]
         name, config = p["arch"], dict(p["config"])
+        if name in ("uvit", "ddpm_unet"):  # SparseDM's U-ViTs add a qkv bias to the published configs
+            from sparsedm.models import config_for_checkpoint
+
+            config = config_for_checkpoint(name, config, src.state.keys())
         extra.update(preset=preset, resolution=p.get("resolution"), in_channels=p.get("in_channels"), sampler=p.get("sampler"))
     elif config_path is not None:
         data = checkpoint.load_json(config_path)

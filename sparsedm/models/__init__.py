@@ -25,7 +25,8 @@ from sparsedm.models.uvit import UViT
 
 log = logging.getLogger("sparsedm.models")
 
-__all__ = ["ARCHS", "PRESETS", "ConfigInferenceError", "UNet", "UViT", "build", "infer_config", "sparse_layer_names"]
+__all__ = ["ARCHS", "PRESETS", "ConfigInferenceError", "UNet", "UViT", "build", "config_for_checkpoint", "infer_config",
+           "sparse_layer_names"]
 
 ARCHS = {"uvit": UViT, "ddpm_unet": UNet}
 
@@ -71,6 +72,19 @@ def sparse_layer_names(arch: str, model: nn.Module) -> list[str]:
     if arch == "uvit":
         return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in UVIT_SPARSE_PATTERNS)]
     return names
+
+
+def config_for_checkpoint(arch: str, config: Mapping[str, Any], keys) -> dict:
+    """``config`` (a preset's) adjusted to what a checkpoint's keys say about it.
+
+    The one variation among published U-ViT-family checkpoints: SparseDM's U-ViTs have a bias
+    on ``attn.qkv``, the original U-ViT ones do not (DESIGN.md), with every shape the same. So
+    ``qkv_bias`` follows the keys; everything else stays the preset's.
+    """
+    config = dict(config)
+    if _arch_class(arch) is UViT and "qkv_bias" in config:
+        config["qkv_bias"] = any(str(k).endswith("attn.qkv.bias") for k in keys)
+    return config
 
 
 def _indices(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
@@ -161,7 +175,9 @@ def infer_config(arch: str, state_dict: Mapping[str, torch.Tensor], **given: Any
     if missing:
         matches = [
             name for name, p in PRESETS.items()
-            if p["arch"] == arch and all(_same(p["config"].get(k), v) for k, v in cfg.items() if k not in ("dropout", "use_checkpoint"))
+            # qkv_bias: SparseDM's U-ViTs add it to the published configs (config_for_checkpoint)
+            if p["arch"] == arch and all(_same(p["config"].get(k), v) for k, v in cfg.items()
+                                         if k not in ("dropout", "use_checkpoint", "qkv_bias"))
         ]
         fills = {m: dict(zip(missing, (PRESETS[m]["config"].get(k) for k in missing))) for m in matches}
         matches = [m for m in matches if not _shape_problems(arch, {**cfg, **fills[m]}, state_dict)]

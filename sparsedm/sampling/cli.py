@@ -116,7 +116,7 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype, *, pr
     if name not in presets:
         raise SampleError(f"unknown preset {name!r}", f"known presets: {', '.join(sorted(presets)) or 'none'}")
     p = presets[name]
-    model = models.build(p["arch"], p["config"], device=device)
+    sd = None
     if state_dict:
         if not os.path.isfile(state_dict):
             raise SampleError(f"--state-dict {state_dict}: no such file", "give the path of the checkpoint's state_dict")
@@ -131,6 +131,12 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype, *, pr
             raise SampleError(f"--state-dict {state_dict} cannot be read as a checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})",
                               "pass a torch.save'd state_dict or a .safetensors file") from None
+        if not isinstance(sd, dict):
+            raise SampleError(f"--state-dict {state_dict} holds a {type(sd).__name__}, not a state_dict",
+                              "pass the model's state_dict (or convert the checkpoint with `sparsedm convert`)")
+    config = models.config_for_checkpoint(p["arch"], p["config"], sd.keys()) if sd is not None else p["config"]
+    model = models.build(p["arch"], config, device=device)
+    if sd is not None:
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise SampleError(f"--state-dict {state_dict} does not fit preset {name}: missing {list(missing)[:5]}, "

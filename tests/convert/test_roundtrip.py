@@ -72,6 +72,30 @@ def test_sparsedm_uvit(tmp_path):
     assert 0.5 < read_header(str(out)).manifest["layers"][layers[0]]["retained_magnitude"] < 1.0
 
 
+def test_sparsedm_qkv_bias_fits_a_published_preset(tmp_path, monkeypatch):
+    """SparseDM's U-ViTs have a qkv bias the published configs lack: converting with the
+    published preset takes qkv_bias from the checkpoint's keys (same shapes otherwise)."""
+    import sparsedm.models as models
+
+    base = models.PRESETS["uvit-s2-cifar10"]
+    tiny = {**base, "config": {**base["config"], "img_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
+            "resolution": 8}
+    assert tiny["config"]["qkv_bias"] is False
+    monkeypatch.setitem(models.PRESETS, "tiny-uvit-published", tiny)
+    torch.manual_seed(0)
+    model = models.build("uvit", {**tiny["config"], "qkv_bias": True}, device="cpu").eval()
+    src = tmp_path / "nnet_ema.pth"
+    torch.save(model.state_dict(), src)
+    out = tmp_path / "model.safetensors"
+    summary = convert(str(src), str(out), preset="tiny-uvit-published")
+    assert "detected sparsedm" in summary.detected
+    assert read_header(str(out)).manifest["architecture"]["config"]["qkv_bias"] is True
+    layers = models.sparse_layer_names("uvit", model)
+    x = uvit_inputs()
+    expected = reference_output(model, masked_state(model, layers), x)
+    assert_close_rel(run(sparsedm.load(str(out)).model, x), expected, FP32_RTOL, "sparsedm uvit, published preset")
+
+
 def test_sparsedm_unet_conv_masks_and_unaligned_layers(tmp_path):
     """Every conv and linear is 2:4; conv_in (K=27) and the 12-channel path (K % 8 == 4) keep
     their masked weights dense, so the function is exactly SparseDM's."""

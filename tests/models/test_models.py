@@ -122,3 +122,16 @@ def test_ddpm_unet_forward_fold():
                use_affine_time=True, fold=2).eval()
     with torch.no_grad():
         assert net(torch.randn(2, 3, 8, 8), torch.tensor([0.5, 10.0])).shape == (2, 3, 8, 8)
+
+
+def test_sparsedm_qkv_bias_checkpoint_infers_and_fits_the_preset():
+    """A SparseDM U-ViT-S/2 (the published config plus a qkv bias): infer_config still finds the
+    preset for what shapes cannot say, and config_for_checkpoint turns the bias on."""
+    from sparsedm.models import config_for_checkpoint
+
+    published = PRESETS["uvit-s2-cifar10"]["config"]
+    sd = build("uvit", dict(published, qkv_bias=True)).state_dict()
+    cfg = infer_config("uvit", sd)
+    assert cfg["qkv_bias"] is True and cfg["num_heads"] == published["num_heads"]
+    assert config_for_checkpoint("uvit", published, sd.keys())["qkv_bias"] is True
+    assert config_for_checkpoint("uvit", published, build("uvit", published).state_dict().keys())["qkv_bias"] is False

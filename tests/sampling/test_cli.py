@@ -84,7 +84,9 @@ def test_preset_prune_runs_the_masked_model_on_the_sparse_modules(tmp_path, monk
                           "time_input": "t*999"}}
     monkeypatch.setitem(models.PRESETS, "tiny-uvit-test", preset)
     torch.manual_seed(0)
-    state = models.build("uvit", config, device="cpu").state_dict()
+    # SparseDM's U-ViTs carry a qkv bias the published preset lacks: the preset follows the keys
+    state = models.build("uvit", dict(config, qkv_bias=True), device="cpu").state_dict()
+    assert config["qkv_bias"] is False and any(k.endswith("attn.qkv.bias") for k in state)
     sparse_names = models.sparse_layer_names("uvit", models.build("uvit", config))
     masked = {k: (v * mask24(v) if k.rsplit(".", 1)[0] in sparse_names and k.endswith(".weight") else v)
               for k, v in state.items()}
