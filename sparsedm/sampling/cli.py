@@ -216,8 +216,18 @@ def _sampler_config(args, loaded: dict) -> dict:
     if args.sampler_kind and args.sampler_kind != "ddim" and args.eta is None:
         cfg.pop("eta", None)
     if cfg.get("cfg_scale") and loaded.get("num_classes") and cfg.get("null_class") is None:
-        cfg["null_class"] = loaded["num_classes"]  # U-ViT: the extra label embedding row
+        # U-ViT's guided models have one label row more than the dataset's classes: the last
+        # (ImageNet: num_classes 1001, label 1000 = dataset.K) is the null class.
+        cfg["null_class"] = int(loaded["num_classes"]) - 1
     return cfg
+
+
+def label_classes(num_classes: int, null_class) -> int:
+    """How many real classes labels are drawn from: all label rows, less the null class when it
+    is the last row (a guided U-ViT), so that no sample is conditioned on "no class"."""
+    if num_classes and null_class is not None and int(null_class) == num_classes - 1:
+        return num_classes - 1
+    return num_classes
 
 
 def _latent_decoder(args, shape: tuple, sampler_cfg: dict, device: str):
@@ -348,9 +358,11 @@ def _run(args: argparse.Namespace) -> int:
     contexts, uncond_context = _text_contexts(args, loaded, sampler_cfg)
     decoder = _latent_decoder(args, shape, sampler_cfg, device)
     sampler = from_config(sampler_cfg)
-    num_classes = int(loaded.get("num_classes", 0) or 0)
+    num_classes = label_classes(int(loaded.get("num_classes", 0) or 0), sampler_cfg.get("null_class"))
     if args.class_label is not None and not 0 <= args.class_label < max(num_classes, 1):
-        raise SampleError(f"--class-label {args.class_label} is out of range", f"the model has {num_classes} classes")
+        raise SampleError(f"--class-label {args.class_label} is out of range",
+                          f"the model has {num_classes} classes (0..{num_classes - 1})" if num_classes else
+                          "the model is not class-conditional: drop --class-label")
 
     model = loaded["model"]
     if args.channels_last:

@@ -111,6 +111,25 @@ def test_preset_prune_runs_the_masked_model_on_the_sparse_modules(tmp_path, monk
     assert np.abs(unpruned.astype(int) - pruned.astype(int)).max() > 0
 
 
+def test_guided_class_conditional_preset_uses_the_last_label_row_as_null(tmp_path, monkeypatch, capsys):
+    """A guided U-ViT (ImageNet: num_classes 1001, the last row the null class): the null label
+    is num_classes - 1, and sampled labels never are it."""
+    import sparsedm.models as models
+
+    config = dict(models.PRESETS["uvit-s2-cifar10"]["config"], img_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=11)
+    preset = {"arch": "uvit", "config": config, "resolution": 8, "in_channels": 3,
+              "sampler": {"kind": "dpm_solver", "steps": 2, "schedule": "vpsde_linear", "beta_min": 0.1, "beta_max": 20.0,
+                          "time_input": "t*999", "cfg_scale": 0.4}}
+    monkeypatch.setitem(models.PRESETS, "tiny-guided-test", preset)
+    out = tmp_path / "g.npz"
+    assert main(["--preset", "tiny-guided-test", "-n", "24", "--npz", str(out), "--device", "cpu", "--no-progress"]) == 0
+    labels = np.load(out)["labels"]
+    assert labels.shape == (24,) and labels.max() <= 9 and len(set(labels.tolist())) > 3
+    assert main(["--preset", "tiny-guided-test", "-n", "1", "--npz", str(out), "--device", "cpu", "--no-progress",
+                 "--class-label", "10"]) == 2
+    assert "the model has 10 classes (0..9)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,msg", [
     ([], "exactly one model"),
     ([f"--factory={TINY}"], "nothing to write"),
