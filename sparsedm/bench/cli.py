@@ -180,7 +180,11 @@ def _model(args: argparse.Namespace) -> int:
     print(terminal_table(rows))
     # The loop setting is part of the name, so eager and CUDA-graph runs of one model sit side by side.
     setting = ("-graph" if args.cuda_graph else "") + ("-compile" if args.compile else "")
-    paths = write_results(rows, header(device), args.out, f"model-{spec.name}{setting}")
+    hdr = header(device)
+    if args.override:  # a shrunk or altered preset is not the preset: say so in the name and the header
+        setting += "-override"
+        hdr["override"] = json.loads(args.override)
+    paths = write_results(rows, hdr, args.out, f"model-{spec.name}{setting}")
     print("\nwrote " + ", ".join(paths.values()))
     return 0
 
@@ -213,14 +217,9 @@ def _holds_24(module) -> bool:
     or kh * kw * Cin of a groups=1 conv) is a multiple of 8 (docs/FORMAT.md). SparseDM also
     masks layers that fail this (the DDPM UNet's 3-channel input conv, K = 27), but no 2:4
     kernel can run them, so their MACs are not halved."""
-    import torch.nn as nn
+    from sparsedm.formats.sparse24 import holds_24
 
-    if isinstance(module, nn.Linear):
-        return module.in_features % 8 == 0
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return module.groups == 1 and (module.in_channels * kh * kw) % 8 == 0
-    return True
+    return getattr(module, "groups", 1) == 1 and holds_24(module.weight.shape)
 
 
 def _macs(args: argparse.Namespace) -> int:

@@ -43,8 +43,10 @@ class ModelSpec:
 
 
 def masked_dense_model(spec: ModelSpec, device, dtype, seed: int = 0) -> nn.Module:
-    """The preset's model with random weights, its 2:4 layers masked by the DESIGN rule."""
+    """The preset's model with random weights, its 2:4 layers masked by the DESIGN rule (those
+    whose weight the format can hold: the DDPM UNet's 3-channel input conv, K = 27, stays dense)."""
     from sparsedm.formats import mask24
+    from sparsedm.formats.sparse24 import holds_24
     from sparsedm.models import build
 
     torch.manual_seed(seed)
@@ -53,7 +55,8 @@ def masked_dense_model(spec: ModelSpec, device, dtype, seed: int = 0) -> nn.Modu
     with torch.no_grad():
         for name in spec.sparse_layers:
             w = modules[name].weight
-            w.mul_(mask24(w))
+            if holds_24(w.shape):
+                w.mul_(mask24(w))
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -140,7 +143,19 @@ def bench_variants(
     args, kwargs = example_batch(spec, base, batch, device, dtype)
     with torch.no_grad():
         reference = base(*args, **kwargs).float()
-    sampler = from_config({**spec.sampler, "steps": steps})
+    sampler_cfg = {**spec.sampler, "steps": steps}
+    num_classes = max(int(spec.config.get("num_classes") or 0), 0)
+    if sampler_cfg.get("cfg_scale") and num_classes and sampler_cfg.get("null_class") is None:
+        sampler_cfg["null_class"] = num_classes - 1  # a guided U-ViT: the last label row is the null class
+    sampler = from_config(sampler_cfg)
+    from sparsedm.sampling.cli import label_classes
+
+    num_classes = label_classes(num_classes, sampler_cfg.get("null_class"))
+    contexts = uncond = None
+    if spec.config.get("clip_dim"):  # text models: random prompt embeddings (the values do not change the timing)
+        g = torch.Generator().manual_seed(0)
+        tokens, dim = int(spec.config.get("num_clip_token", 77)), int(spec.config["clip_dim"])
+        contexts, uncond = torch.randn(4, tokens, dim, generator=g), torch.randn(tokens, dim, generator=g)
     # A denoiser step in eager mode pays its host dispatch (that is its real latency); under
     # --cuda-graph the replay has none. So no lead here, unlike the kernel benchmarks.
     timer = timer or timer_for(device, lead_cycles=0)
@@ -165,8 +180,8 @@ def bench_variants(
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
             t0 = time.perf_counter()
             generate(runner, sampler, (spec.in_channels, spec.resolution, spec.resolution), batch, seed=0,
-                     device=device, batch_size=batch, num_classes=max(spec.config.get("num_classes") or 0, 0),
-                     dtype=dtype, output="float")
+                     device=device, batch_size=batch, num_classes=num_classes, dtype=dtype, output="float",
+                     contexts=contexts, uncond_context=uncond)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             run_s = time.perf_counter() - t0

@@ -110,6 +110,17 @@ def is_24_sparse(weight: torch.Tensor) -> bool:
     return bool(((_groups(weight, "is_24_sparse") != 0).sum(-1) <= 2).all())
 
 
+def holds_24(shape: Sequence[int]) -> bool:
+    """Whether a weight of ``shape`` (2-D linear, or 4-D conv in its KRSC view) can be stored in
+    the 2:4 format: its reduction length K is a multiple of 8 (the meta byte packs two groups)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape[1] % 8 == 0
+    if len(shape) == 4:
+        return (shape[1] * shape[2] * shape[3]) % 8 == 0
+    return False
+
+
 def _check_k(k: int, what: str) -> None:
     if k % 8 != 0:
         raise Sparse24FormatError(

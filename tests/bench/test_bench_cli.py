@@ -104,8 +104,10 @@ def test_bench_model_cpu_tiny_uvit(tmp_path, capsys):
     rc = main(["bench", "model", "--preset", "uvit-s2-cifar10", "--override", '{"depth": 2, "embed_dim": 64, "num_heads": 2}',
                "--device", "cpu", "--batch", "2", "--steps", "2", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)])
     assert rc == 0
-    (path,) = tmp_path.glob("*-model-uvit-s2-cifar10.json")
-    rows = load_results(str(path))["rows"]
+    (path,) = tmp_path.glob("*-model-uvit-s2-cifar10-override.json")  # a shrunk preset says so
+    doc = load_results(str(path))
+    assert doc["override"] == {"depth": 2, "embed_dim": 64, "num_heads": 2}
+    rows = doc["rows"]
     by_variant = {r["variant"]: r for r in rows}
     assert list(by_variant) == ["dense", "sparse", "int8", "sparse+int8"]
     assert by_variant["dense"]["speedup_vs_dense"] == 1.0 and by_variant["dense"]["max_abs_diff"] == 0.0
@@ -119,6 +121,22 @@ def test_bench_model_cpu_tiny_uvit(tmp_path, capsys):
         assert by_variant[v]["converted_layers"] >= 12  # the 4 block linears of 3 blocks at least
     for r in rows:
         assert r["kind"] == "model" and r["step_ms"] > 0 and r["images_per_s"] > 0 and r["steps"] == 2
+
+
+@pytest.mark.parametrize("preset,override", [
+    ("ddpm-unet-cifar10", {"channel": 32, "channel_multiplier": [1, 2]}),  # its 3-channel input conv cannot be 2:4
+    ("uvit-l2-imagenet256", {"depth": 1, "embed_dim": 64, "num_heads": 2}),  # guided, class-conditional
+    ("uvit-s2-mscoco", {"depth": 1, "embed_dim": 64, "num_heads": 2}),  # guided, text-conditional
+])
+def test_bench_model_presets_that_need_care(tmp_path, preset, override):
+    import json
+
+    rc = main(["bench", "model", "--preset", preset, "--override", json.dumps(override), "--device", "cpu", "--batch", "1",
+               "--steps", "1", "--reps", "1", "--warmup", "1", "--variants", "dense,sparse", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob(f"*-model-{preset}-override.json")
+    by_variant = {r["variant"]: r for r in load_results(str(path))["rows"]}
+    assert by_variant["sparse"]["converted_layers"] > 0 and by_variant["sparse"]["max_abs_diff"] < 1e-3
 
 
 def test_bench_model_on_a_converted_file(tmp_path):
