@@ -70,6 +70,15 @@ def known_architectures() -> list[str]:
 
 
 def get_architecture(name: str) -> Architecture:
+    if name not in _REGISTRY and name.startswith("diffusers_"):
+        # Files converted from diffusers UNets name these; they are registered on first use.
+        try:
+            from sparsedm.convert import diffusers_arch
+
+            diffusers_arch.register()
+        except ImportError:
+            raise ConvertError(f"architecture {name!r} needs diffusers, which is not installed",
+                               "pip install 'sparsedm[diffusers]'") from None
     if name in _REGISTRY:
         return _REGISTRY[name]
     models = _models()

@@ -20,7 +20,7 @@ def tiny_unet():
     ).eval()
 
 
-def test_diffusers_folder_prune_convert_load_forward(tmp_path):
+def test_diffusers_folder_prune_convert_load_forward(tmp_path, monkeypatch):
     model = tiny_unet()
     folder = tmp_path / "unet"
     model.save_pretrained(str(folder))  # config.json + diffusion_pytorch_model.safetensors
@@ -33,6 +33,14 @@ def test_diffusers_folder_prune_convert_load_forward(tmp_path):
     dense = [n for n, info in manifest["layers"].items() if info["kind"] == "dense"]
     assert "conv_in" in dense  # 3 input channels: K = 27 cannot be 2:4, kept dense and said so
     assert len(sparse) >= 10 and any("resnets" in n for n in sparse) and any("attentions" in n for n in sparse)
+
+    # A fresh process has not run the diffusers reader: the file's architecture must register
+    # itself when loaded (load, sample, macs, info and bench model all go through it).
+    from sparsedm.convert import arch as archs
+    from sparsedm.convert.info import file_report
+
+    monkeypatch.setattr(archs, "_REGISTRY", {k: v for k, v in archs._REGISTRY.items() if not k.startswith("diffusers_")})
+    assert file_report(str(out))["macs"]["sparse24"] < file_report(str(out))["macs"]["dense"]
 
     # The reference: the same diffusers model with the same layers masked by the DESIGN rule.
     masked = tiny_unet()
