@@ -38,9 +38,11 @@ def _check_setup(out: str, backends) -> str | None:
     for name in backends or ():
         if name != "auto":
             try:
-                registry.get_backend(name)
+                reason = registry.get_backend(name).unavailable_reason()
             except registry.BackendUnavailableError as exc:
                 return str(exc)
+            if reason is not None:
+                return f"backend {name!r} cannot run here: {reason}"
     return None
 
 

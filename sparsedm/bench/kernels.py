@@ -51,8 +51,11 @@ def _sparsedm_backends(op: str, args: tuple, wanted: Optional[set[str]]) -> list
             continue
         if wanted is not None and backend.name not in wanted:
             continue
-        if registry.why_not(backend, op, args) is None:
+        reason = registry.why_not(backend, op, args)
+        if reason is None:
             names.append(backend.name)
+        elif wanted is not None:  # asked for by name: say why it has no row
+            log.warning("%s: backend %s not timed: %s", op, backend.name, reason)
     return names
 
 

@@ -70,6 +70,19 @@ def test_bench_kernels_interrupted_keeps_the_rows_measured(tmp_path, capsys, mon
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
 
 
+def test_bench_refuses_a_named_backend_that_cannot_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from sparsedm.ops import registry
+
+    if registry.get_backend("cuda").unavailable_reason() is None:
+        pytest.skip("the cuda backend runs here")
+    for argv in (["kernels", "--shapes", "cpu-linear"], ["model", "--preset", "uvit-s2-cifar10"]):
+        rc = main(["bench", *argv, "--device", "cpu", "--out", str(tmp_path), "--backends" if argv[0] == "kernels" else "--backend",
+                   "cuda"])
+        assert rc == 2
+        assert "backend 'cuda' cannot run here:" in capsys.readouterr().err
+
+
 def test_bench_kernels_unknown_table(capsys):
     assert main(["bench", "kernels", "--device", "cpu", "--shapes", "nope"]) == 2
     assert "unknown shape table 'nope'" in capsys.readouterr().err
