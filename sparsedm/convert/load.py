@@ -115,6 +115,33 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+_DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def _check_load_arguments(device, dtype, backend) -> Optional[torch.dtype]:
+    """Readable errors for ``load``'s arguments before any work; returns the dtype (names like
+    "fp16" accepted)."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise ValueError(f"dtype={dtype!r}: use torch.float16, torch.bfloat16, torch.float32 (or 'fp16', 'bf16', 'fp32')")
+        dtype = _DTYPE_NAMES[dtype.lower()]
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype!r}: the model's floating tensors take a floating dtype (float16, bfloat16, float32); "
+                         "int8 comes from converting with --quant int8")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device ({exc}); use 'cpu', 'cuda' or 'cuda:1'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
+    if backend not in (None, "auto"):
+        from sparsedm.ops import registry
+
+        registry.get_backend(str(backend).strip().lower())  # unknown names fail now, not at the first forward
+    return dtype
+
+
 def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, backend: str = "auto",
          fuse_activations: bool = True) -> LoadedModel:
     """Load a file written by ``sparsedm convert``.
@@ -124,6 +151,7 @@ def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dt
     ``fuse_activations``: an activation module that only follows a 2:4 layer moves into that
     layer's epilogue, as ``sparsedm.optimize`` does (sparsedm.nn.fuse_activations_in).
     """
+    dtype = _check_load_arguments(device, dtype, backend)
     header = read_header(path)
     manifest = header.manifest
     arch_info = manifest["architecture"]

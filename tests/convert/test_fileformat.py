@@ -164,3 +164,19 @@ def test_top2_compress_equals_mask24_then_compress24(n, groups, seed, dtype, tie
     v, m = top2_compress(w)
     v2, m2 = compress24(w * mask24(w))
     assert torch.equal(m, m2) and torch.equal(v, v2)
+
+
+def test_load_checks_its_arguments_first(converted):
+    import sparsedm
+    from sparsedm.ops import BackendUnavailableError
+
+    with pytest.raises(ValueError, match="use torch.float16"):
+        sparsedm.load(converted, dtype="fp8")
+    with pytest.raises(ValueError, match="take a floating dtype"):
+        sparsedm.load(converted, dtype=torch.int8)
+    with pytest.raises(ValueError, match="is not a device"):
+        sparsedm.load(converted, device="fp16")
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'bogus'"):
+        sparsedm.load(converted, backend="bogus")
+    loaded = sparsedm.load(converted, dtype="fp16")  # names of dtypes are accepted
+    assert {p.dtype for p in loaded.model.parameters() if p.is_floating_point()} == {torch.float16}
