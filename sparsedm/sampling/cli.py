@@ -306,6 +306,12 @@ def run_sample(args: argparse.Namespace) -> int:
             hint = f"\n  what to do: {e.args[1]}" if isinstance(e, SampleError) and len(e.args) > 1 else ""
         print(f"sparsedm sample: error: {message}{hint}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # The PNG and the .npz are written once, at the end, atomically: nothing half-written.
+        print("\nsparsedm sample: interrupted; no output written (existing files are untouched)", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -130,6 +130,19 @@ def test_guided_class_conditional_preset_uses_the_last_label_row_as_null(tmp_pat
     assert "the model has 10 classes (0..9)" in capsys.readouterr().err
 
 
+def test_ctrl_c_writes_nothing(tmp_path, monkeypatch, capsys):
+    import sparsedm.sampling.run as run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "generate", interrupted)
+    out = tmp_path / "s.npz"
+    assert main([f"--factory={TINY}", "-n", "2", "--npz", str(out), "--no-progress"]) == 130
+    assert "interrupted; no output written" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("argv,msg", [
     ([], "exactly one model"),
     ([f"--factory={TINY}"], "nothing to write"),
