@@ -38,6 +38,13 @@ def load_pickle(path: str) -> Any:
     if os.path.getsize(path) == 0:
         raise ConvertError(f"{path}: file is empty", "re-download or re-save the checkpoint")
     mmap = zipfile.is_zipfile(path)  # mmap needs torch's zip format; legacy pickles are read whole
+    if not mmap:
+        with open(path, "rb") as f:
+            head = f.read(64)
+        # every torch.save output is a zip (a truncated one still starts with PK) or a pickle
+        if not head.startswith((b"\x80", b"PK")):
+            raise ConvertError(f"{path}: not a PyTorch checkpoint ({_describe(head)})",
+                               "pass a .pth/.pt/.ckpt state_dict, a .safetensors file, or a diffusers UNet folder")
     try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -54,6 +61,19 @@ def load_pickle(path: str) -> Any:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ConvertError(f"{path}: cannot read the checkpoint, it is truncated or corrupted ({msg})",
                            "re-download or re-save it") from None
+
+
+def _describe(head: bytes) -> str:
+    """What the first bytes of a file that is no checkpoint look like."""
+    try:
+        text = head.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or any(not (c.isprintable() or c.isspace()) for c in text):
+        return f"it starts with the bytes {head[:8].hex(' ')}"
+    if text[:1] in "{[":
+        return "it is JSON text (a config.json? give the checkpoint, and the config with --config)"
+    return f"it is text: {text[:30]!r}"
 
 
 def _unsupported_global(message: str) -> str:

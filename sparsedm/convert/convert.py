@@ -390,6 +390,11 @@ def convert(src_path: str, out_path: str, *, source_format: Optional[str] = None
         raise ConvertError(f"-o {out_path} is a directory", "give a file name ending in .safetensors")
     if os.path.abspath(out_path) == os.path.abspath(src_path):
         raise ConvertError("the output would overwrite the source checkpoint", "choose another -o path")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise ConvertError(f"-o {out_path}: the directory {out_dir} does not exist", "create it first")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConvertError(f"-o {out_path}: the directory {out_dir} is not writable", "choose a directory you can write to")
 
     src = read(src_path, source_format)
     log(src.detected)
@@ -442,6 +447,8 @@ def convert(src_path: str, out_path: str, *, source_format: Optional[str] = None
                 bar.update(t.numel() * t.element_size())
             manifest["layers"] = {p.name: p.manifest() for p in plans}
             writer.commit({"format": "pt", MANIFEST_KEY: json.dumps(manifest)})
+    except OSError as e:  # disk full, a directory that refuses files (/proc), a lost mount: nothing was left behind
+        raise ConvertError(f"cannot write {out_path}: {e.strerror or e}", "choose another -o path (free space, permissions)") from None
     finally:
         bar.close()
     dense_fp16 = sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in src.state.values())

@@ -175,6 +175,10 @@ def read_diffusers(path: str, obj: Any = None) -> Source:
         raise ConvertError("reading a diffusers UNet needs the diffusers package",
                            "pip install 'sparsedm[diffusers]'") from None
     folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConvertError(f"{path}: a diffusers UNet is a folder with config.json and diffusion_pytorch_model.safetensors "
+                           f"(or .bin), and {os.path.join(folder or '.', 'config.json')} does not exist",
+                           "pass the UNet folder (or the weights file inside it), or drop --from diffusers")
     config = checkpoint.load_json(os.path.join(folder, "config.json"))
     weights = path
     if os.path.isdir(path):

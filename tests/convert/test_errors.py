@@ -165,3 +165,35 @@ def test_info_on_bad_files(tmp_path, capsys):
     assert cli.file_info(str(bad)) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "too short" in err
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ('{"arch": "uvit", "config": {}}', "it is JSON text (a config.json?"),
+    ("hello world\n", "it is text: 'hello world"),
+])
+def test_text_files_are_named_as_such(tmp_path, capsys, content, pattern):
+    src = tmp_path / "config.json"
+    src.write_text(content)
+    expect_error(tmp_path, capsys, [str(src), "-o", str(tmp_path / "o.safetensors")], pattern)
+
+
+def test_diffusers_reader_without_config_json(tmp_path, capsys, good_uvit):
+    pytest.importorskip("diffusers")
+    expect_error(tmp_path, capsys, [str(good_uvit), "-o", str(tmp_path / "o.safetensors"), "--from", "diffusers"],
+                 "a diffusers UNet is a folder with config.json")
+
+
+def test_output_directory_missing(tmp_path, capsys, good_uvit):
+    expect_error(tmp_path, capsys, [str(good_uvit), "-o", str(tmp_path / "no" / "o.safetensors"), "--preset", "toy-uvit"],
+                 "does not exist")
+
+
+def test_write_failure_is_one_line(tmp_path, capsys, good_uvit, monkeypatch):
+    from sparsedm.convert import fileformat
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileformat.AtomicWriter, "write", disk_full)
+    expect_error(tmp_path, capsys, [str(good_uvit), "-o", str(tmp_path / "o.safetensors"), "--preset", "toy-uvit"],
+                 "cannot write")
