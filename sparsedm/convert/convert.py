@@ -234,6 +234,22 @@ def _already_zeroed(src: Source, names: list[str]) -> bool:
     return True
 
 
+def _nearly_24(src: Source, names: list[str], max_fraction: float = 0.01) -> Optional[tuple[str, int, int]]:
+    """The first listed layer that is 2:4 in its zeros but for a few groups (at most
+    ``max_fraction`` of them): ``(name, bad groups, groups)``; None when there is none. A
+    checkpoint like that was meant to be 2:4 (a training bug, an edit, a rounding) and should
+    not silently become dense."""
+    for name in names:
+        mat = gemm_view(src.state[f"{name}.weight"])
+        if mat.shape[1] % 4:
+            continue
+        bad = int(((mat.reshape(mat.shape[0], -1, 4) != 0).sum(-1) > 2).sum())
+        total = mat.numel() // 4
+        if 0 < bad <= max_fraction * total:
+            return name, bad, total
+    return None
+
+
 def _is_24(w: torch.Tensor) -> bool:
     mat = gemm_view(w)
     for r0 in range(0, mat.shape[0], max(1, BLOCK_ELEMENTS // max(mat.shape[1], 1))):
@@ -408,6 +424,15 @@ def convert(src_path: str, out_path: str, *, source_format: Optional[str] = None
             src.reader, src.rule = "zeroed", "zeros"
             src.detected = "detected zeroed: every sparse layer is already 2:4 in its zeros (verified)"
             log(src.detected)
+        elif not prune and (near := _nearly_24(src, names)) is not None:
+            name, bad, total = near
+            msg = (f"layer {name} is almost 2:4 in its zeros ({bad} of {total} groups of 4 hold more than 2 nonzeros), "
+                   f"so no layer is read as 2:4")
+            if strict:
+                raise ConvertError(msg, "fix those groups, or pass --prune to apply the 2:4 rule (it zeroes the smallest)")
+            note = f"note: {msg}; --prune applies the 2:4 rule to them (--strict makes this an error)"
+            src.notes.append(note)
+            log(note)
     plans = plan_layers(src, model, architecture, quant=quant, dtype=target, prune=prune, strict=strict)
     specs = _specs(src, plans, target)
     by_weight = {f"{p.name}.weight": p for p in plans}

@@ -175,6 +175,26 @@ def test_zeroed_is_detected_and_verified(tmp_path):
                      FP32_RTOL, "zeroed")
 
 
+def test_almost_zeroed_is_named_not_silently_dense(tmp_path):
+    """One group of 4 with 3 nonzeros in one layer of an otherwise 2:4 checkpoint: the convert
+    says which layer broke the detection (and --strict refuses), instead of a quiet dense file."""
+    from sparsedm.convert import ConvertError
+
+    model, _ = make_uvit(qkv_bias=False)
+    layers = uvit_sparse_layers(model)
+    state = masked_state(model, layers, lambda w: w * mask24(torch.randn(w.shape)))
+    w = state[f"{layers[2]}.weight"]
+    group = w[0, :4]
+    group[group == 0] = 0.5  # that group now holds 4 nonzeros
+    src = tmp_path / "almost.pth"
+    torch.save(state, src)
+    s = convert(str(src), str(tmp_path / "a.safetensors"), preset="toy-uvit-nobias")
+    assert any(f"layer {layers[2]} is almost 2:4 in its zeros (1 of" in n for n in s.notes), s.notes
+    with pytest.raises(ConvertError, match=f"layer {layers[2]} is almost 2:4"):
+        convert(str(src), str(tmp_path / "b.safetensors"), preset="toy-uvit-nobias", strict=True)
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def test_distiller(tmp_path):
     model, config = make_unet()
     src = tmp_path / "distilled.pt"
