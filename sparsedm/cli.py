@@ -33,6 +33,10 @@ def _info(args: argparse.Namespace) -> int:
     if args.file:
         from sparsedm.convert.cli import file_info
 
+        if args.backends:
+            print("error: --backends describes this machine, not a file; run `sparsedm info --backends` alone",
+                  file=sys.stderr)
+            return 2
         return file_info(args.file, args.json, args.debug)
     triton_version = None
     try:
@@ -55,8 +59,12 @@ def _info(args: argparse.Namespace) -> int:
             for name, ok, detail, ops in backend_status()
         ],
     }
+    if args.backends:
+        from sparsedm.ops import autotune
+
+        report["autotune_cache"] = {"path": str(autotune.cache_path()), "entries": autotune.cache_summary()}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, default=str))
         return 0
     print(f"sparsedm {report['sparsedm']}  (python {report['python']}, torch {report['torch']}, "
           f"CUDA {report['torch_cuda'] or 'none'}, triton {triton_version or 'not installed'})")

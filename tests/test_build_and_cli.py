@@ -71,6 +71,33 @@ def test_info_json_reports_unavailable_backends_with_reasons(capsys):
     assert report["torch"] == torch.__version__
 
 
+def test_info_backends_shows_the_autotune_cache(tmp_path, capsys, monkeypatch):
+    """`info --backends` (text and --json) lists the remembered automatic choices."""
+    from sparsedm.ops import autotune
+
+    monkeypatch.setenv("SPARSEDM_CACHE_DIR", str(tmp_path))
+    env = {**autotune.current_environment(), "gpu": "FakeGPU"}
+    tuner = autotune.Autotuner(timer=lambda fn: 1.0, environment=env)
+    tuner._save("sparse24_linear|m128|n512|k512|float16", {"backend": "cuda", "ms": {"cuda": 0.05, "dense": 0.09}}, env)
+    assert main(["info", "--backends"]) == 0
+    out = capsys.readouterr().out
+    assert "FakeGPU" in out and "-> cuda" in out and "dense 0.090 ms" in out
+    assert main(["info", "--backends", "--json"]) == 0
+    cache = json.loads(capsys.readouterr().out)["autotune_cache"]
+    assert cache["path"].startswith(str(tmp_path)) and cache["entries"][0]["backend"] == "cuda"
+
+
+def test_info_on_a_checkpoint_or_a_folder_says_what_it_is(tmp_path, capsys):
+    pth = tmp_path / "model.pth"
+    torch.save({"w": torch.randn(3)}, pth)
+    assert main(["info", str(pth)]) != 0
+    assert "is a PyTorch checkpoint, not a file written by `sparsedm convert`" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) != 0
+    assert "is a directory, not a converted file" in capsys.readouterr().err
+    assert main(["info", "--backends", str(pth)]) == 2
+    assert "--backends describes this machine" in capsys.readouterr().err
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "sparsedm", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "info" in out.stdout

@@ -41,7 +41,7 @@ def run_convert(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 (every failure becomes one line)
         return _fail(e, args.debug)
     if not args.quiet:
-        print(summary.table())
+        print(summary.table(logged=True))  # the detection line and notes were printed as they came
     return 0
 
 

@@ -127,11 +127,13 @@ class Summary:
     dense_fp16_bytes: int
     notes: list[str] = field(default_factory=list)
 
-    def table(self) -> str:
+    def table(self, logged: bool = False) -> str:
+        """The summary; ``logged=True`` leaves out what ``convert`` already logged as it went
+        (the detection line and the notes), for a caller that printed those."""
         count = {}
         for p in self.layers:
             count[p.kind] = count.get(p.kind, 0) + 1
-        lines = [f"{self.detected}", f"architecture {self.arch}; layers: " + ", ".join(f"{v} {k}" for k, v in sorted(count.items()))]
+        lines = ([] if logged else [f"{self.detected}"]) + [f"architecture {self.arch}; layers: " + ", ".join(f"{v} {k}" for k, v in sorted(count.items()))]
         w = max([len(p.name) for p in self.layers] + [5])
         lines.append(f"  {'layer':<{w}}  {'kind':<13} {'shape':<20} {'retained':>8}  note")
         for p in self.layers:
@@ -144,7 +146,7 @@ class Summary:
         lines.append(f"bytes: source {_mb(self.source_bytes)}, dense fp16 {_mb(self.dense_fp16_bytes)}, "
                      f"written {_mb(self.file_bytes)} ({self.file_bytes / max(self.source_bytes, 1):.3f}x source)")
         lines.append(f"wrote {self.output}")
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines + ([] if logged else self.notes))
 
 
 def _mb(n: int) -> str:

@@ -214,6 +214,8 @@ def _bad(path: str, problem: str, fix: str = "re-run `sparsedm convert` to write
 def read_header(path: str) -> FileHeader:
     """Parse and validate the safetensors container and the sparsedm manifest of ``path``."""
     name = os.fspath(path)
+    if os.path.isdir(name):
+        raise FileFormatError(f"{name} is a directory, not a converted file", "give the .safetensors file `sparsedm convert` wrote")
     if not os.path.isfile(name):
         raise FileFormatError(f"{name}: no such file", "check the path")
     size = os.path.getsize(name)
@@ -222,6 +224,10 @@ def read_header(path: str) -> FileHeader:
         if len(head) < 8:
             raise _bad(name, f"file is {size} bytes, too short to be a safetensors file (truncated?)")
         (n,) = struct.unpack("<Q", head)
+        if (n == 0 or n > MAX_HEADER_BYTES or n > size - 8) and head.startswith((b"PK\x03\x04", b"\x80")):
+            # not a safetensors length, and torch.save's zip or pickle magic
+            raise FileFormatError(f"{name} is a PyTorch checkpoint, not a file written by `sparsedm convert`",
+                                  f"convert it first: sparsedm convert {name} -o model.safetensors [--preset NAME]")
         if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:
             raise _bad(name, f"header length field says {n} bytes but the file has {size - 8} bytes after it "
                        "(truncated, or not a safetensors file)")
