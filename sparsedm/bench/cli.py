@@ -349,7 +349,7 @@ def register(subparsers) -> None:
     )
     m.add_argument("model", nargs="?", help="a converted .safetensors file")
     m.add_argument("--preset", help="a model preset instead of a file, e.g. uvit-s2-cifar10")
-    m.add_argument("--resolution", type=int, help="image/latent size (default: the model's)")
+    m.add_argument("--resolution", type=positive_int, help="image/latent size (default: the model's)")
     m.add_argument("--json", action="store_true", help="print JSON (keys include dense_macs and sparse_macs)")
     m.add_argument("--debug", action="store_true", help="show the traceback on errors")
     m.set_defaults(func=_macs)

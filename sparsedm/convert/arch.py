@@ -136,11 +136,18 @@ def config_at_resolution(config: dict, resolution: int) -> dict:
     A U-ViT's token count, hence its ``pos_embed``, follows ``img_size``, so it is rebuilt at
     the new size (the patch size must divide it); convolutional UNets take any size as they are.
     """
+    if resolution < 1:
+        raise ValueError(f"resolution {resolution} must be positive")
     if "img_size" in config and "patch_size" in config:
         patch = int(config["patch_size"])
         if resolution % patch:
             raise ValueError(f"resolution {resolution} is not a multiple of the model's patch size {patch}")
         return {**config, "img_size": int(resolution)}
+    if "channel_multiplier" in config:  # the DDPM UNet halves the size at every level but the last
+        step = 2 ** (len(config["channel_multiplier"]) - 1)
+        if resolution % step:
+            raise ValueError(f"resolution {resolution} is not a multiple of {step} (the UNet downsamples "
+                             f"{len(config['channel_multiplier']) - 1} times)")
     return config
 
 

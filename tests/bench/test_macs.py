@@ -111,6 +111,11 @@ def test_macs_cli_errors(capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main(["macs", "--preset", "uvit-s2-cifar10", "--resolution", "33"]) == 1
     assert "not a multiple of the model's patch size 2" in capsys.readouterr().err
+    assert main(["macs", "--preset", "ddpm-unet-cifar10", "--resolution", "30"]) == 1
+    assert "not a multiple of 8 (the UNet downsamples 3 times)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["macs", "--preset", "ddpm-unet-cifar10", "--resolution", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
 
 
 def test_ddpm_unet_input_conv_stays_dense(capsys):
