@@ -135,7 +135,8 @@ SR-STE 2:4 fine-tuning ({result['sparse_layers']} layers at 2:4), progressive di
 
 - MACs per image: dense {macs['dense'] / 1e6:.2f} M, with 2:4 {macs['sparse24'] / 1e6:.2f} M
   ({macs['dense'] / max(macs['sparse24'], 1):.2f}x fewer).
-- File: {info['file_bytes'] / 1e6:.3f} MB (dense fp16 would be {info['dense_fp16_bytes'] / 1e6:.3f} MB).
+- File: {info['file_bytes'] / 1e6:.3f} MB; the same model stored dense in the file's dtypes would be
+  {info['dense_same_dtype_bytes'] / 1e6:.3f} MB, dense fp16 {info['dense_fp16_bytes'] / 1e6:.3f} MB.
 - Largest difference between the two paths' images for the same noise: {result['max_abs_diff']:.2e}
   (images in [-1, 1]).
 - Sparse kernels used: {', '.join(result['backends']) or 'none recorded'}. On a CPU the sparse runtime runs the

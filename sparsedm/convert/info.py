@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from sparsedm.bench.macs import MacReport, count_macs
 from sparsedm.convert import arch as archs
 from sparsedm.convert.fileformat import read_header
@@ -37,12 +39,28 @@ def file_report(path: str) -> dict[str, Any]:
             continue
         dense_fp16 += math.prod(spec.shape) * (2 if spec.dtype.is_floating_point else spec.dtype.itemsize)
     dense_fp16 += sum(2 * math.prod(info["weight_shape"]) for info in layers.values() if info["kind"] != "dense")
+    # The same model stored dense in the file's own dtypes: each tensor as it is, each 2:4 / int8
+    # weight as a dense weight of its layer's float dtype. An fp32 file compares with this.
+    dense_same = 0
+    for name, spec in header.tensors.items():
+        owner = name.rsplit(".", 1)[0]
+        if owner in layers and layers[owner]["kind"] != "dense" and not name.endswith(".bias"):
+            continue
+        dense_same += math.prod(spec.shape) * spec.dtype.itemsize
+    for info in layers.values():
+        if info["kind"] != "dense":
+            float_dtype = getattr(torch, str(info.get("dtype")), torch.float16)  # manifest dtypes: "float32", ...
+            if not isinstance(float_dtype, torch.dtype) or not float_dtype.is_floating_point:
+                float_dtype = torch.float16
+            dense_same += math.prod(info["weight_shape"]) * float_dtype.itemsize
     report: dict[str, Any] = {
         "file": path,
         "file_bytes": header.file_bytes,
         "header_bytes": header.header_bytes + 8,
         "dense_fp16_bytes": dense_fp16,
         "size_vs_dense_fp16": header.file_bytes / dense_fp16 if dense_fp16 else None,
+        "dense_same_dtype_bytes": dense_same,
+        "size_vs_dense_same_dtype": header.file_bytes / dense_same if dense_same else None,
         "manifest": manifest,
         "macs": None,
     }
@@ -86,6 +104,7 @@ def format_report(r: dict[str, Any]) -> str:
                      f"attention matmuls {mc['attention'] / 1e9:.3f} G, dense)")
     else:
         lines.append(f"MACs: unavailable ({r.get('macs_error')})")
-    lines.append(f"size: {r['file_bytes'] / 1e6:.2f} MB vs dense fp16 {r['dense_fp16_bytes'] / 1e6:.2f} MB "
-                 f"({r['size_vs_dense_fp16']:.3f}x), header {r['header_bytes']} bytes")
+    lines.append(f"size: {r['file_bytes'] / 1e6:.2f} MB; the same model dense in this file's dtypes "
+                 f"{r['dense_same_dtype_bytes'] / 1e6:.2f} MB ({r['size_vs_dense_same_dtype']:.3f}x), dense fp16 "
+                 f"{r['dense_fp16_bytes'] / 1e6:.2f} MB ({r['size_vs_dense_fp16']:.3f}x); header {r['header_bytes']} bytes")
     return "\n".join(lines)

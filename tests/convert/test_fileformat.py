@@ -83,9 +83,13 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
 def test_info_reports_macs_and_size(converted, capsys):
     assert cli.file_info(str(converted)) == 0
     text = capsys.readouterr().out
-    assert "MACs at 8px" in text and "vs dense fp16" in text
+    assert "MACs at 8px" in text and "dense fp16" in text and "the same model dense in this file's dtypes" in text
     assert cli.file_info(str(converted), as_json=True) == 0
     report = json.loads(capsys.readouterr().out)
+    # the fp32 file against its dense fp32 self: the source checkpoint, every tensor at 4 bytes
+    source = make_uvit(qkv_bias=True)[0].state_dict()
+    assert report["dense_same_dtype_bytes"] == 4 * sum(t.numel() for t in source.values())
+    assert report["size_vs_dense_same_dtype"] < 1.0 < report["size_vs_dense_fp16"]
     macs = report["macs"]
     assert macs["dense"] > macs["sparse24"] > macs["dense"] / 2
     assert report["manifest"]["layers"]["mid_block.mlp.fc1"]["kind"] == "sparse24"
