@@ -74,7 +74,7 @@ def _kernels(args: argparse.Namespace) -> int:
         return 2
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     if device.type == "cpu":
-        print("note: CPU run: these are CPU numbers of the CPU paths (reference backend), "
+        print("note: CPU run: these are single-threaded CPU numbers of the CPU paths (reference backend), "
               "not GPU kernel timings", file=sys.stderr)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
     problem = _check_setup(args.out, backends)
@@ -94,7 +94,12 @@ def _kernels(args: argparse.Namespace) -> int:
               f"(linear ops use {', '.join(LINEAR_TABLES)}; conv uses {', '.join(CONV_TABLES)})", file=sys.stderr)
         return 2
     rows, done = [], 0
+    threads = torch.get_num_threads()
     try:
+        # CPU runs use one thread: on a shared or small machine the thread pool's scheduling
+        # noise would be most of what is measured.
+        if device.type == "cpu":
+            torch.set_num_threads(1)
         with _sigterm_as_interrupt():
             for op, tname, shape in _progress(jobs, len(jobs), "bench kernels"):
                 rows += kernel_bench.bench_shape(op, shape, tname, dtype, device, backends=backends,
@@ -102,6 +107,8 @@ def _kernels(args: argparse.Namespace) -> int:
                 done += 1
     except KeyboardInterrupt:
         print(f"\ninterrupted after {done} of {len(jobs)} shapes", file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
     if done < len(jobs):
         if not rows:
             return 130
