@@ -166,6 +166,13 @@ def _count_positions(model: nn.Module, names: dict[nn.Module, str], example_inpu
                 model(*example_inputs)
             else:
                 model(example_inputs)
+    except Exception as exc:  # a shape the model does not take: say it is the example input
+        shapes = [tuple(t.shape) for t in (example_inputs.values() if isinstance(example_inputs, dict) else
+                  example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
+                  if isinstance(t, torch.Tensor)]
+        raise ValueError(f"optimize(example_inputs=...): the model's forward fails on the example input "
+                         f"(tensor shapes {shapes}): {type(exc).__name__}: {exc}; pass inputs the model takes, or "
+                         f"leave example_inputs out") from None
     finally:
         for h in handles:
             h.remove()
@@ -247,6 +254,10 @@ def optimize(
             bytes_before=_module_bytes(module), bytes_after=_module_bytes(target),
             backend=backend if new is not None else "torch", reason=reason,
         ))
+
+    if includes is not None and not any(fnmatch.fnmatchcase(name, p) for name, _ in layers for p in includes):
+        log.warning("sparsedm.optimize: include=%s matches no Linear/Conv2d layer of the model; nothing was swapped "
+                    "(layer names look like %s)", list(includes), ", ".join(n for n, _ in layers[:3]) or "none")
 
     # Swap every reference (a module may be registered under several parents).
     for parent in model.modules():

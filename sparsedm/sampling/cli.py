@@ -189,7 +189,9 @@ def _load_converted(path: str, device: str, dtype, backend: Optional[str]) -> di
     res, ch = arch.get("resolution"), arch.get("in_channels")
     if not res or not ch:
         raise SampleError(f"{path}: the manifest records no resolution/in_channels", "re-convert with --preset NAME")
+    distilled = ((getattr(loaded, "manifest", None) or {}).get("source") or {}).get("reader") == "distiller"
     return {"model": loaded.model.eval(), "sampler": loaded.sampler, "shape": (int(ch), int(res), int(res)),
+            "distilled": distilled,
             "num_classes": max(int((arch.get("config") or {}).get("num_classes", 0) or 0), 0),
             "context_shape": _context_shape(arch.get("config") or {})}
 
@@ -205,6 +207,10 @@ def _sampler_config(args, loaded: dict) -> dict:
     if not cfg:
         raise SampleError("the model records no sampler config", "pass --sampler-json FILE (docs/SAMPLING.md)")
     cfg = dict(cfg)
+    distilled = loaded.get("distilled") or "_distillation" in cfg  # diffusion_distiller's file, or sparsedm.train's
+    if distilled and args.steps is not None and args.steps != cfg.get("steps"):
+        print(f"sparsedm sample: warning: this model was distilled for {cfg.get('steps')} steps; sampling it with "
+              f"--steps {args.steps} leaves the schedule it learned (expect worse images)", file=sys.stderr)
     for key, val in (("kind", args.sampler_kind), ("steps", args.steps), ("order", args.order), ("eta", args.eta),
                      ("cfg_scale", args.cfg_scale)):
         if val is not None:

@@ -407,3 +407,12 @@ def test_activation_fusion_tracing_leaves_the_module_untouched():
     x = torch.randn(4, 64)
     with torch.no_grad():
         assert_close_rel(model(x), ref(x), FP32_RTOL, "caching module")
+
+
+def test_example_inputs_that_do_not_fit_and_an_include_that_matches_nothing(caplog):
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+    with pytest.raises(ValueError, match=r"example_inputs=\.\.\.\): the model's forward fails on the example input \(tensor shapes \[\(2, 32\)\]\)"):
+        sparsedm.optimize(model, prune=True, example_inputs=torch.randn(2, 32))
+    with caplog.at_level(logging.WARNING, logger="sparsedm.nn"):
+        sparsedm.optimize(model, prune=True, include="*.attn.qkv")
+    assert "matches no Linear/Conv2d layer" in caplog.text and not sparsedm.last_report().changed

@@ -143,6 +143,20 @@ def test_ctrl_c_writes_nothing(tmp_path, monkeypatch, capsys):
     assert not os.listdir(tmp_path)
 
 
+def test_converted_file_samples_and_a_distilled_one_warns_off_its_steps(tmp_path, capsys):
+    """`sparsedm sample FILE` on the shipped demo (a 4-step distilled 2:4 U-ViT): PNG + npz, and
+    asking it for other steps than it was distilled for says so."""
+    from sparsedm.demo import demo_dir
+
+    demo = os.path.join(demo_dir(), "demo.safetensors")
+    png, npz = tmp_path / "d.png", tmp_path / "d.npz"
+    assert main([demo, "-n", "3", "-o", str(png), "--npz", str(npz), "--device", "cpu", "--no-progress"]) == 0
+    assert np.load(npz)["arr_0"].shape[0] == 3 and png.exists()
+    assert "distilled for" not in capsys.readouterr().err
+    assert main([demo, "-n", "1", "--steps", "2", "--npz", str(npz), "--device", "cpu", "--no-progress"]) == 0
+    assert "this model was distilled for 4 steps; sampling it with --steps 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,msg", [
     ([], "exactly one model"),
     ([f"--factory={TINY}"], "nothing to write"),
@@ -173,8 +187,9 @@ def test_two_gloo_ranks_give_the_same_images_as_one(tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     subprocess.run([sys.executable, "-m", "sparsedm.sampling", *common, "--npz", str(one)], check=True, env=env,
                    timeout=120)
+    # the README's form: torchrun ... -m sparsedm sample (the 1-rank run above used python -m sparsedm.sampling)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                    str(_free_port()), "-m", "sparsedm.sampling", *common, "--npz", str(two)], check=True, env=env,
+                    str(_free_port()), "-m", "sparsedm", "sample", *common, "--npz", str(two)], check=True, env=env,
                    timeout=180)
     a, b = np.load(one)["arr_0"], np.load(two)["arr_0"]
     assert a.shape == (7, 8, 8, 3)
