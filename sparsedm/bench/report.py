@@ -82,7 +82,7 @@ def _plot(rows: list[dict], header: dict, path: str) -> Optional[str]:
         return None
     kernel_rows = [r for r in rows if r.get("kind") == "kernel" and r.get("speedup_vs_dense") is not None]
     if not kernel_rows:
-        return None
+        return _plot_models(rows, header, path, plt)
     labels = list(dict.fromkeys(f"{r['op']} {_shape_text(r['shape'])}" for r in kernel_rows))
     backends = list(dict.fromkeys(r["backend"] for r in kernel_rows))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(labels)), 9))
@@ -95,11 +95,47 @@ def _plot(rows: list[dict], header: dict, path: str) -> Optional[str]:
     ax1.axhline(1.0, color="black", linewidth=0.8)
     ax1.set_ylabel("speedup over dense")
     ax2.set_ylabel("TFLOP/s (dense-equivalent)")
+    # The GPU's tensor-core peaks (docs/BENCHMARKS.md, PEAKS): dense dashed, 2:4 sparse dotted.
+    from sparsedm.bench.environment import gpu_peak
+
+    precisions = sorted({"int8" if r["op"] in ("int8", "sparse-int8") else r.get("dtype", "fp16") for r in kernel_rows})
+    for k, precision in enumerate(precisions):
+        peak = gpu_peak(header.get("gpu"), precision)
+        if peak:
+            color = f"C{k + len(backends)}"
+            ax2.axhline(peak, color=color, linestyle="--", linewidth=0.8, label=f"{precision} dense peak {peak:g}")
+            ax2.axhline(2 * peak, color=color, linestyle=":", linewidth=0.8, label=f"{precision} 2:4 peak {2 * peak:g}")
     for ax in (ax1, ax2):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
         ax.set_xticklabels(labels, rotation=75, fontsize=6)
         ax.legend(fontsize=7)
     ax1.set_title(f"sparsedm on {header.get('gpu')} (torch {header.get('torch')}, commit {header.get('commit')})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def _plot_models(rows: list[dict], header: dict, path: str, plt) -> Optional[str]:
+    """Model rows: the denoiser step's and the whole run's speedup over dense, per variant."""
+    model_rows = [r for r in rows if r.get("kind") == "model" and r.get("speedup_vs_dense") is not None]
+    if not model_rows:
+        return None
+    labels = [f"{r['model']} {r['variant']}" for r in model_rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4.5))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], [r["speedup_vs_dense"] for r in model_rows], 0.4, label="denoiser step")
+    ax.bar([x + 0.2 for x in xs], [r.get("run_speedup_vs_dense") or 0 for r in model_rows], 0.4, label="whole sampling run")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over dense")
+    ax.legend(fontsize=7)
+    r0 = model_rows[0]
+    loop = "CUDA graph" if r0.get("cuda_graph") else "eager"
+    ax.set_title(f"{r0['model']}, batch {r0.get('batch')}, {loop}, on {header.get('gpu')} (commit {header.get('commit')})", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -134,6 +134,11 @@ def test_bench_model_cpu_tiny_uvit(tmp_path, capsys):
         assert by_variant[v]["converted_layers"] >= 12  # the 4 block linears of 3 blocks at least
     for r in rows:
         assert r["kind"] == "model" and r["step_ms"] > 0 and r["images_per_s"] > 0 and r["steps"] == 2
+    # the same formats as the kernel runs: CSV, markdown, and a PNG where matplotlib is installed
+    assert path.with_suffix(".csv").read_text().count("\n") == len(rows) + 1
+    assert path.with_suffix(".md").read_text().count("\n|") >= len(rows)
+    pytest.importorskip("matplotlib")
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("preset,override", [
@@ -172,3 +177,17 @@ def test_bench_model_errors(capsys):
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--variants", "fast", "--device", "cpu"]) == 2
     assert "unknown variant(s) fast" in capsys.readouterr().err
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--cuda-graph", "--device", "cpu"]) == 2
+
+
+def test_kernel_plot_with_gpu_peaks(tmp_path):
+    """A GPU results set: the TFLOP/s panel carries the GPU's dense and 2:4 peaks."""
+    pytest.importorskip("matplotlib")
+    from sparsedm.bench.report import write_results
+
+    rows = [{"kind": "kernel", "op": op, "table": "square", "layer": "", "shape": {"M": 4096, "N": 4096, "K": 4096},
+             "dtype": "fp16", "backend": b, "ms": ms, "tflops": 137.4 / ms, "speedup_vs_dense": 1.0 / ms, "peak_fraction": None}
+            for op in ("linear", "int8") for b, ms in (("dense", 1.0), ("cuda", 0.6))]
+    header = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0", "torch": "2.11", "triton": "3.6", "cuda": "13.0",
+              "commit": "abc", "date": "2026-11-24T00:00:00Z"}
+    paths = write_results(rows, header, str(tmp_path), "kernels")
+    assert open(paths["png"], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
