@@ -132,7 +132,7 @@ if want bench-models; then
   step "model benchmarks"
   run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
   run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --out "$OUT"  # images/s without graphs
-  run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --out "$OUT"
+  run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --channels-last --out "$OUT"
 fi
 
 if want bench-kernels || want bench-models; then

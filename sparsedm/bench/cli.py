@@ -183,12 +183,13 @@ def _model(args: argparse.Namespace) -> int:
     steps = args.steps or min(int(spec.sampler.get("steps", 50)), 50)
     rows = model_bench.bench_variants(
         spec, variants=variants, batch=args.batch, steps=steps, device=device, dtype=dtype,
-        cuda_graph=args.cuda_graph, compile=args.compile, backend=args.backend, warmup=args.warmup, reps=args.reps,
+        cuda_graph=args.cuda_graph, compile=args.compile, channels_last=args.channels_last, backend=args.backend,
+        warmup=args.warmup, reps=args.reps, progress=lambda line: print(line, file=sys.stderr, flush=True),
         base=base,
     )
     print(terminal_table(rows))
     # The loop setting is part of the name, so eager and CUDA-graph runs of one model sit side by side.
-    setting = ("-graph" if args.cuda_graph else "") + ("-compile" if args.compile else "")
+    setting = ("-graph" if args.cuda_graph else "") + ("-compile" if args.compile else "") + ("-cl" if args.channels_last else "")
     hdr = header(device)
     if args.override:  # a shrunk or altered preset is not the preset: say so in the name and the header
         setting += "-override"
@@ -329,6 +330,8 @@ def register(subparsers) -> None:
     mb.add_argument("--backend", default="auto", help="sparsedm backend for the sparse layers (default auto)")
     mb.add_argument("--cuda-graph", action="store_true", help="replay the denoiser step from a CUDA graph")
     mb.add_argument("--compile", action="store_true", help="torch.compile each variant")
+    mb.add_argument("--channels-last", action="store_true",
+                    help="channels_last memory format for every variant and the input (conv models: cuDNN's fast layout)")
     mb.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     mb.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing (default 3)")
     mb.add_argument("--reps", type=positive_int, default=20, help="timed steps; the median is reported (default 20)")

@@ -125,6 +125,8 @@ def bench_variants(
     dtype=torch.float16,
     cuda_graph: bool = False,
     compile: bool = False,
+    channels_last: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
     backend: str = "auto",
     warmup: int = 3,
     reps: int = 20,
@@ -141,6 +143,9 @@ def bench_variants(
     device = torch.device(device)
     base = masked_dense_model(spec, device, dtype) if base is None else base.to(device=device, dtype=dtype).eval()
     args, kwargs = example_batch(spec, base, batch, device, dtype)
+    if channels_last:  # conv models: cuDNN's fast layout for the dense baseline, the CUDA conv's native one
+        base = base.to(memory_format=torch.channels_last)
+        args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
     with torch.no_grad():
         reference = base(*args, **kwargs).float()
     sampler_cfg = {**spec.sampler, "steps": steps}
@@ -163,7 +168,11 @@ def bench_variants(
     rows, dense_ms, dense_ips = [], None, None
     for variant in order:
         try:
+            if progress is not None:
+                progress(f"bench model {spec.name}: {variant} (batch {batch}, {steps} sampling steps)")
             model = make_variant(base, variant, backend)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
         except Exception as exc:  # a variant this model or machine cannot build: say so, go on
             log.warning("bench model %s: variant %s unavailable: %s", spec.name, variant, exc)
             continue
@@ -200,6 +209,7 @@ def bench_variants(
             "run_speedup_vs_dense": round(ips / dense_ips, 4) if dense_ips else None,
             "cuda_graph": cuda_graph,
             "compile": compile,
+            "channels_last": channels_last,
             "peak_mem_mb": round(peak, 1) if peak is not None else None,
             "max_abs_diff": diff,
             "converted_layers": converted_layers(model),
