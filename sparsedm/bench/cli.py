@@ -91,7 +91,8 @@ def _kernels(args: argparse.Namespace) -> int:
                 jobs += [(op, tname, s) for s in shapes]
     if not jobs:
         print(f"error: no shapes for op {args.op!r} in tables {', '.join(names)} "
-              f"(linear ops use {', '.join(LINEAR_TABLES)}; conv uses {', '.join(CONV_TABLES)})", file=sys.stderr)
+              f"(linear ops use {', '.join(LINEAR_TABLES)} or cpu-linear; conv uses {', '.join(CONV_TABLES)} or cpu-conv)",
+              file=sys.stderr)
         return 2
     rows, done = [], 0
     threads = torch.get_num_threads()

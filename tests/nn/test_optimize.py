@@ -77,6 +77,21 @@ def test_uvit_int8_within_bound():
         assert_close_rel(model(*x), ref(*x), INT8_MODEL_RTOL, "int8 U-ViT vs masked fp32")
 
 
+def test_ddpm_unet_int8_within_bound():
+    """quant="int8" on the DDPM UNet: 2:4 convs (no int8 conv op) and W8A8 linears, within the
+    stated bound of the masked fp32 model (docs/RUNTIME.md)."""
+    model = _randomize(build("ddpm_unet", TINY_UNET, device="cpu"))
+    names = [n for n in sparse_layer_names("ddpm_unet", model) if n not in ("down.0", "out.2")]
+    ref = _masked_copy(model, names)
+    sparsedm.optimize(model, prune=True, include=names, quant="int8", min_features=8)
+    kinds = {r.kind for r in sparsedm.last_report().changed}
+    assert kinds == {"SparseConv2d", "Sparse24Int8Linear"}
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        assert_close_rel(model(x, t), ref(x, t), INT8_MODEL_RTOL, "int8 DDPM UNet vs masked fp32")
+
+
 def test_ddpm_unet_all_convs_and_linears():
     model = _randomize(build("ddpm_unet", TINY_UNET, device="cpu"))
     names = sparse_layer_names("ddpm_unet", model)
