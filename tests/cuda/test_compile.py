@@ -47,6 +47,16 @@ KERNEL_SASS = {
 KERNEL_SASS_ABSENT = {
     "split_k_reduce_kernel<": r"HMMA|IMMA",
 }
+# Every GEMM, split-K partial and conv kernel must run its own family's tensor-core instruction
+# (the family is the first template argument of the demangled name): a tile or dtype
+# instantiation that fell back to scalar code fails by itself, not only its file.
+FAMILY_SASS = {
+    "Sparse16<true>": r"HMMA\.SP\.16832\.F32\.BF16",
+    "Sparse16<false>": r"HMMA\.SP\.16832\.F32(?!\.BF16)",
+    "Sparse8": r"IMMA\.SP\.16864\.S8\.S8",
+    "Dense8": r"IMMA\.16832\.S8\.S8",
+}
+MMA_KERNELS = ("gemm_kernel<", "gemm_partial_kernel<", "conv_kernel<")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NVCC), reason="nvcc not found (set CUDA_HOME)")
 
@@ -145,11 +155,26 @@ def test_sass_uses_tensor_cores(compiled, tu, arch):
         assert len(names) == sum(c for k, c in KERNELS[tu].items() if k.startswith(kernel)), f"{tu}: {kernel} kernels {names}"
         for name in names:
             assert re.search(pattern, functions[name]), f"{name} sm_{arch}: SASS has no {pattern}"
+    mma_kernels = [n for n in functions if any(k in n for k in MMA_KERNELS)]
+    assert len(mma_kernels) == sum(c for k, c in KERNELS[tu].items() if k in MMA_KERNELS), f"{tu}: {mma_kernels}"
+    for name in mma_kernels:
+        families = [f for f in FAMILY_SASS if re.search(r"::" + re.escape(f) + r"(?![\w<])", name)]
+        assert len(families) == 1, f"{name}: cannot tell its family"
+        assert re.search(FAMILY_SASS[families[0]], functions[name]), (
+            f"{name} sm_{arch}: SASS has no {FAMILY_SASS[families[0]]} (its family's tensor-core instruction)")
     for kernel, pattern in KERNEL_SASS_ABSENT.items():
         names = [n for n in functions if kernel in n]
         assert len(names) == sum(c for k, c in KERNELS[tu].items() if k.startswith(kernel)), f"{tu}: {kernel} kernels {names}"
         for name in names:
             assert not re.search(pattern, functions[name]), f"{name} sm_{arch}: SASS has {pattern} (it needs no mma)"
+
+
+def test_every_launch_file_is_checked():
+    """A new csrc/cuda/*_launch.cu cannot slip past the spill and SASS checks."""
+    import glob
+
+    launch = {os.path.basename(p)[: -len(".cu")] for p in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*_launch.cu"))}
+    assert launch == set(TUS) == set(KERNELS)
 
 
 def test_torch_glue_syntax():
