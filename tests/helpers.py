@@ -54,3 +54,15 @@ def need_backend(name: str) -> None:
         if os.environ.get("SPARSEDM_REQUIRE_BACKENDS") == "1":
             pytest.fail(f"{name} backend unavailable under SPARSEDM_REQUIRE_BACKENDS=1: {reason}")
         pytest.skip(f"{name} backend unavailable: {reason}")
+
+
+def spills_known(row: dict) -> bool:
+    """Whether an AOT row's spill count (``local_bytes``) was read. It may only be missing when
+    cuobjdump (shipped in the triton wheel) is: a report that cuobjdump gave but that was not
+    understood fails instead of silently skipping the spill check."""
+    from sparsedm.kernels import aot
+
+    if row["local_bytes"] is None:
+        assert aot._cuda_tool("cuobjdump") is None, "cuobjdump is there but its -res-usage report was not understood"
+        return False
+    return True

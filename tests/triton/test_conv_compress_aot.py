@@ -87,7 +87,10 @@ def _jobs(all_configs: bool) -> list[dict]:
     for cc in CCS:
         for dtype in ("float16", "bfloat16"):
             for cfg in cfgs:
-                jobs.append({"kernel": "sparse24_conv2d", "dtype": dtype, "cfg": cfg, "cc": cc})
+                jobs.append({"kernel": "sparse24_conv2d", "dtype": dtype, "cfg": cfg, "cc": cc, "layout": "nhwc"})
+        # NCHW input (stride_xc != 1: the channel gather is strided, nothing vectorizes): the
+        # largest tile once per arch, so that specialization is compiled and checked too.
+        jobs.append({"kernel": "sparse24_conv2d", "dtype": "float16", "cfg": cfgs[0], "cc": cc, "layout": "nchw"})
         for name in ("compress24", "decompress24"):
             jobs.append({"kernel": name, "dtype": "float16", "cfg": {"BLOCK_R": 32, "BLOCK_P": 32, "num_warps": 4}, "cc": cc})
     return jobs
@@ -97,7 +100,7 @@ def _run_jobs(all_configs: bool) -> list[dict]:
     out = []
     for job in _jobs(all_configs):
         if job["kernel"] == "sparse24_conv2d":
-            res = _conv_job(job["dtype"], job["cfg"], job["cc"])
+            res = _conv_job(job["dtype"], job["cfg"], job["cc"], channels_last=job["layout"] == "nhwc")
         else:
             res = _compress_job(job["kernel"], job["dtype"], job["cc"])
         out.append({**job, **res})
@@ -112,7 +115,8 @@ def _markdown(rows: list[dict]) -> str:
     for r in rows:
         c = r["cfg"]
         if r["kernel"] == "sparse24_conv2d":
-            cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}, {c['num_warps']}, {c['num_stages']}"
+            cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}, {c['num_warps']}, {c['num_stages']}" + (
+                ", NCHW input" if r.get("layout") == "nchw" else "")
         else:
             cfg = f"{c['BLOCK_R']} rows x {c['BLOCK_P']} pairs, {c['num_warps']}, 1"
         mma = ", ".join(f"`{m}`" for m in r["mma"]) or "none (elementwise)"
@@ -120,6 +124,12 @@ def _markdown(rows: list[dict]) -> str:
             f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['cc']} | {mma} | {r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {'yes' if r['cp_async'] else 'no'} |"
         )
     return "\n".join(lines)
+
+
+def _spills_known(row) -> bool:
+    from tests.helpers import spills_known  # here, not at the top: this file also runs as a script
+
+    return spills_known(row)
 
 
 @pytest.fixture(scope="module")
@@ -142,15 +152,17 @@ def test_conv_uses_tensor_cores(aot_rows, cc, dtype):
     for r in rows:
         hits = [m for m in r["mma"] if (m.startswith("mma.sync") or (cc == 90 and m.startswith("wgmma"))) and f".{t}" in m]
         assert hits, f"sm_{cc} {dtype}: no {t} tensor-core mma in the PTX (found {r['mma']})"
-        if r["local_bytes"] is not None:  # None when cuobjdump is unavailable
-            assert r["local_bytes"] == 0, f"sm_{cc} {dtype} {r['cfg']}: {r['local_bytes']} bytes of register spills"
+        if _spills_known(r):
+            assert r["local_bytes"] == 0, f"sm_{cc} {dtype} {r['layout']} {r['cfg']}: {r['local_bytes']} bytes of register spills"
+    if dtype == "float16":
+        assert {r["layout"] for r in rows} == {"nhwc", "nchw"}
 
 
 @pytest.mark.parametrize("cc", CCS)
 @pytest.mark.parametrize("kernel", ["compress24", "decompress24"])
 def test_compress_kernels_compile(aot_rows, cc, kernel):
     rows = [r for r in aot_rows if r["kernel"] == kernel and r["cc"] == cc]
-    assert rows and all(r["local_bytes"] in (0, None) for r in rows), rows
+    assert rows and all(r["local_bytes"] == 0 for r in rows if _spills_known(r)), rows
 
 
 if __name__ == "__main__":
