@@ -4,8 +4,11 @@
 // the same pair tests/cpp/test_mma_fragments.cpp checks -- so metadata produced elsewhere
 // (torch's CUTLASS converter) can be pushed through the exact path the kernels use.
 // Built by the test with the host compiler into a shared library; not part of the package.
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
+#include "conv_emulation.h"
 #include "mma_emulator.h"
 #include "mma_layout.cuh"
 #include "relayout.cuh"
@@ -107,5 +110,22 @@ extern "C" int sparsedm_kernel_meta_registers(int family, const uint8_t* meta, i
             out[o++] = rl::meta_word<rl::kSp8>(idx, meta, N, K);
           }
         }
+  return 0;
+}
+
+// One whole convolution through the 2:4 conv kernel's emulated data path (conv_emulation.h):
+// x NHWC integers, w the KRSC view [Cout, kh*kw*C] of a 2:4 integer weight, out [N*P*Q, Cout].
+// small_tile: the small block (16 tokens) instead of the large one (64). Returns 0, or 1 when
+// the emulation refused (a weight group that is not 2:4, a bad copy; the reason is on stderr).
+extern "C" int sparsedm_emu_conv(int N, int H, int W, int C, int Cout, int kh, int kw, int sh, int sw, int ph, int pw,
+                                 int dh, int dw, const int* x, const int* w, double* out, int small_tile) {
+  const sparsedm::convemu::ConvCase cs{"capi", N, H, W, C, Cout, kh, kw, sh, sw, ph, pw, dh, dw};
+  const std::vector<int> xv(x, x + static_cast<size_t>(N) * H * W * C);
+  const std::vector<int> wv(w, w + static_cast<size_t>(Cout) * kh * kw * C);
+  std::vector<double> got;
+  const bool ok = small_tile ? sparsedm::convemu::emulate_conv<16, 128>(cs, xv, wv, got)
+                             : sparsedm::convemu::emulate_conv<64, 128>(cs, xv, wv, got);
+  if (!ok) return 1;
+  std::copy(got.begin(), got.end(), out);
   return 0;
 }

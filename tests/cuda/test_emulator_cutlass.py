@@ -21,9 +21,6 @@ the metadata that CUTLASS's sm80 sparse GEMMs consume on real GPUs. Two checks:
 """
 
 import ctypes
-import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -32,21 +29,6 @@ import torch
 from sparsedm.formats import compress24
 
 conv = pytest.importorskip("torch.sparse._semi_structured_conversions")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler")
-    lib = tmp_path_factory.mktemp("emu") / "libsparsedm_emu.so"
-    subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-I", f"{ROOT}/kernels/cuda", "-I", f"{ROOT}/tests/cpp",
-         f"{ROOT}/tests/cpp/emulator_capi.cpp", "-o", str(lib)],
-        check=True,
-    )
-    return ctypes.CDLL(str(lib))
 
 
 def _ptr(a: np.ndarray):
