@@ -4,7 +4,9 @@
 
 Shapes: 4096^3 and the U-ViT-L/2 linears (qkv, proj, fc1, fc2 at D 1024). Timing:
 triton.testing.do_bench (median, warm-up first). Rows: op, shape, dtype, backend, ms, TFLOP/s,
-speedup_vs_dense (dense = F.linear / cuBLAS in the same run), gpu. Without a GPU it says so
+speedup_vs_dense (dense = F.linear / cuBLAS in the same run), gpu; "torch_int_mm" is torch's W8A8
+as int8_linear does it with a dynamic x_scale (per-token quantization, torch._int_mm, scaling:
+the same baseline as `sparsedm bench kernels`). Without a GPU it says so
 and exits 0. ``--split-k`` times the cuda kernels once per listed split-K count (0 = the
 launcher's automatic rule, backend "cuda"; n > 0 forced, backend "cuda_splitk<n>"), the data
 the split rule in docs/KERNELS.md ("Tile configurations and split-K") is to be tuned with.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 
 import torch
@@ -31,7 +34,8 @@ def main(argv=None) -> int:
         return 0
     from triton.testing import do_bench
 
-    from sparsedm.formats import compress24, quantize_weight_int8
+    from sparsedm._io import write_atomic
+    from sparsedm.formats import compress24, quantize_activation_int8, quantize_weight_int8
     from sparsedm.formats.sparse24 import mask24
     from sparsedm.ops import cuda_backend, registry
 
@@ -91,17 +95,23 @@ def main(argv=None) -> int:
                         ms = do_bench(lambda: torch.ops.sparsedm.sparse24_int8_linear(x, vq, meta, vs, None, None))
                     row("sparse24_int8_linear", (m, n, k), dtype, cuda_name(split_k), ms, dense_ms)
                 if m > 16:  # torch._int_mm needs M > 16
-                    xq = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
-                    sx = torch.rand(m, 1, device="cuda")
                     wt = w_q.t()
-                    ms = do_bench(lambda: (torch._int_mm(xq, wt).float() * sx * w_scale).half())
+
+                    def int_mm_w8a8():
+                        # what int8_linear does with x_scale=None, in torch ops: per-token
+                        # quantization, the cuBLAS int8 GEMM, then the scaling (as bench kernels)
+                        xq, sx = quantize_activation_int8(x)
+                        return (torch._int_mm(xq, wt).float() * sx[:, None] * w_scale).half()
+
+                    ms = do_bench(int_mm_w8a8)
                     row("int8_linear", (m, n, k), dtype, "torch_int_mm", ms, dense_ms)
     cuda_backend.SPLIT_K = saved_split_k
-    if args.out:
-        with open(args.out, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            wr.writeheader()
-            wr.writerows(rows)
+    if args.out and rows:
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+        write_atomic(args.out, buf.getvalue())
         print(f"wrote {len(rows)} rows to {args.out}")
     return 0
 
