@@ -191,3 +191,26 @@ def test_kernel_plot_with_gpu_peaks(tmp_path):
               "commit": "abc", "date": "2026-11-24T00:00:00Z"}
     paths = write_results(rows, header, str(tmp_path), "kernels")
     assert open(paths["png"], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_candidate_is_skipped_not_fatal(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from sparsedm.bench import kernels as kernel_bench
+    from sparsedm.bench.shapes import LinearShape
+
+    x = torch.randn(4, 8)
+
+    def candidates(op, shape, dtype, device, wanted, copies):
+        def broken(i):
+            raise RuntimeError("this torch has no such kernel\nsecond line")
+
+        return [kernel_bench.Candidate("dense", lambda i: x * 2), kernel_bench.Candidate("broken", broken)], lambda: x * 2
+
+    monkeypatch.setattr(kernel_bench, "_linear_candidates", candidates)
+    with caplog.at_level(logging.WARNING, logger="sparsedm.bench"):
+        rows = kernel_bench.bench_shape("linear", LinearShape(4, 8, 8), "t", torch.float32, torch.device("cpu"), reps=2, warmup=1)
+    assert [r["backend"] for r in rows] == ["dense"]
+    assert "broken: failed (RuntimeError: this torch has no such kernel); not timed" in caplog.text
