@@ -137,18 +137,20 @@ fi
 
 if want bench-kernels || want bench-models; then
   step "speed targets (sparsedm bench targets) over this run's results"
-  "$PY" -m sparsedm bench targets "$OUT" --out "$OUT/${STEM}targets.md" || true
+  # this run's files only: $OUT may hold other GPUs' and commits' results (bench/results/)
+  "$PY" -m sparsedm bench targets "$OUT/${STEM}"*.json --out "$OUT/${STEM}targets.md" || true
 fi
 
 step "done: exit status $status; files in $OUT"
 ls -la "$OUT"
 # Some runners return only a handful of files from $OUT (the device tool: 8). When there are
-# more, the result files go into one archive beside the log (PACK=0 keeps them loose).
-n_files=$(find "$OUT" -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' | wc -l)
-if [ "${PACK:-auto}" != 0 ] && { [ "${PACK:-auto}" = 1 ] || [ "$n_files" -gt 6 ]; }; then
+# more, this run's result files (those named ${STEM}*; nothing else in $OUT, such as committed
+# results or bench/results/README.md) go into one archive beside the log (PACK=0 keeps them loose).
+n_files=$(find "$OUT" -maxdepth 1 -type f -name "${STEM}*" | wc -l)
+if [ "${PACK:-auto}" != 0 ] && [ "$n_files" -gt 0 ] && { [ "${PACK:-auto}" = 1 ] || [ "$n_files" -gt 6 ]; }; then
   archive="results-$(date -u +%Y%m%d-%H%M%S).tar.gz"
-  (cd "$OUT" && find . -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' -printf '%f\n' \
-     | tar czf "$archive" -T - && find . -maxdepth 1 -type f ! -name gpu_suite.log ! -name 'results-*.tar.gz' -delete)
+  (cd "$OUT" && find . -maxdepth 1 -type f -name "${STEM}*" -printf '%f\n' | tar czf "$archive" -T - \
+     && find . -maxdepth 1 -type f -name "${STEM}*" -delete)
   echo "packed $n_files result files into $OUT/$archive (tar xzf it into bench/results/)"
 fi
 sync

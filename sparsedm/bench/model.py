@@ -148,14 +148,15 @@ def bench_variants(
         args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
     with torch.no_grad():
         reference = base(*args, **kwargs).float()
+    from sparsedm.sampling.cli import label_classes, label_rows
+
     sampler_cfg = {**spec.sampler, "steps": steps}
     num_classes = max(int(spec.config.get("num_classes") or 0), 0)
+    rows = label_rows(base)
     if sampler_cfg.get("cfg_scale") and num_classes and sampler_cfg.get("null_class") is None:
-        sampler_cfg["null_class"] = num_classes - 1  # a guided U-ViT: the last label row is the null class
+        sampler_cfg["null_class"] = (rows or num_classes + 1) - 1  # a guided model: the last label row is the null class
     sampler = from_config(sampler_cfg)
-    from sparsedm.sampling.cli import label_classes
-
-    num_classes = label_classes(num_classes, sampler_cfg.get("null_class"))
+    num_classes = label_classes(num_classes, sampler_cfg.get("null_class"), rows)
     contexts = uncond = None
     if spec.config.get("clip_dim"):  # text models: random prompt embeddings (the values do not change the timing)
         g = torch.Generator().manual_seed(0)

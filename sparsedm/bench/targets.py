@@ -39,7 +39,11 @@ def _square(n):
 
 
 def _conv3x3(s):
-    return s.get("R") == 3 and s.get("S") == 3 and s.get("stride") == 1
+    """The UNets' 3x3 stride-1 convs that 2:4 is for: not the 3/4-channel input conv (K = 27 / 36,
+    the format cannot hold it) nor the 3/4-channel output conv (too few output channels for a
+    sparse GEMM tile), which the automatic choice leaves to dense."""
+    return (s.get("R") == 3 and s.get("S") == 3 and s.get("stride") == 1
+            and (s.get("C", 0) * 9) % 8 == 0 and s.get("K", 0) % 16 == 0)
 
 
 def _uvit_or_4096(s):

@@ -248,6 +248,11 @@ class Autotuner:
                 from sparsedm.ops import dense
 
                 dense.forget(args)
+            for loser in ("cusparselt", "cutlass"):
+                if winner != loser and loser in times:  # likewise torch's converted 2:4 weights
+                    from sparsedm.ops import torch_sparse
+
+                    torch_sparse.forget(args, loser)
             record = {
                 "backend": winner,
                 "ms": {name: round(ms, 6) for name, ms in times.items()},

@@ -50,8 +50,10 @@ __all__ = [
     "dispatch_counts",
 ]
 
-# Preferred order when nothing is forced: hand-written CUDA first, the portable paths last.
-PRIORITY = ("cuda", "cusparselt", "cutlass", "triton", "dense", "reference")
+# Preferred order when nothing is measured (SPARSEDM_AUTOTUNE=0, a first call during CUDA-graph
+# capture): sparsedm's kernels, then dense; torch's 2:4 GEMMs only where those cannot run (they
+# convert the weight on first use, and at small M cuSPARSELt is far slower than dense).
+PRIORITY = ("cuda", "triton", "dense", "cusparselt", "cutlass", "reference")
 
 ENV_VAR = "SPARSEDM_BACKEND"
 # Backends chosen automatically for CPU tensors.

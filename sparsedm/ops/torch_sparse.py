@@ -60,10 +60,26 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def forget(args: tuple, backend: Optional[str] = None) -> None:
+    """Drop the converted weights of the canonical tensors among one call's ``args`` (all
+    backends, or one): what the autotuner does for a backend that lost the measurement."""
+    with _LOCK:
+        for a in args:
+            if isinstance(a, torch.Tensor) and a in _CACHE:
+                if backend is None:
+                    del _CACHE[a]
+                else:
+                    _CACHE[a].pop(backend, None)
+
+
 def _supports(backend: str):
     def supports(x, values, meta, bias, activation="none") -> Optional[str]:
         if not (x.is_cuda and values.is_cuda and meta.is_cuda):
             return f"torch's {backend} 2:4 GEMM needs CUDA tensors"
+        if backend == "cutlass":
+            major, minor = torch.cuda.get_device_capability(x.device)
+            if major != 8:  # the probe looked at the current device; x may be on another GPU
+                return f"torch's CUTLASS 2:4 kernels run on compute capability 8.x only; {x.device} is {major}.{minor}"
         if x.dtype not in (torch.float16, torch.bfloat16) or values.dtype != x.dtype:
             return f"torch's {backend} 2:4 GEMM takes float16 or bfloat16 x and values of x's dtype, got {x.dtype} / {values.dtype}"
         limits = _tensor_class(backend)._DTYPE_SHAPE_CONSTRAINTS.get(x.dtype)
@@ -84,7 +100,9 @@ def _linear(backend: str):
         w = semi_structured_weight(backend, values, meta)
         n, k = values.shape[0], x.shape[-1]
         y = F.linear(x.reshape(-1, k).contiguous(), w, None if bias is None else bias.to(x.dtype))
-        return apply_activation(y, activation).reshape(*x.shape[:-1], n)
+        # torch returns the transpose of its [N, M] product: make it the row-major [M, N] the
+        # op's fake (and every other backend) promises, or torch.compile's stride checks fail.
+        return apply_activation(y, activation).contiguous().reshape(*x.shape[:-1], n)
 
     sparse24_linear.__name__ = f"{backend}_sparse24_linear"
     return sparse24_linear

@@ -222,17 +222,29 @@ def _sampler_config(args, loaded: dict) -> dict:
     if args.sampler_kind and args.sampler_kind != "ddim" and args.eta is None:
         cfg.pop("eta", None)
     if cfg.get("cfg_scale") and loaded.get("num_classes") and cfg.get("null_class") is None:
-        # U-ViT's guided models have one label row more than the dataset's classes: the last
-        # (ImageNet: num_classes 1001, label 1000 = dataset.K) is the null class.
-        cfg["null_class"] = int(loaded["num_classes"]) - 1
+        # The null class of guided models is the last row of their label table (U-ViT ImageNet:
+        # 1001 rows, label 1000 = the dataset's K; a factory's model may say num_classes=10 and
+        # hold 11 rows). Without a table to look at, the row after the classes.
+        rows = label_rows(loaded["model"])
+        cfg["null_class"] = rows - 1 if rows else int(loaded["num_classes"])
     return cfg
 
 
-def label_classes(num_classes: int, null_class) -> int:
-    """How many real classes labels are drawn from: all label rows, less the null class when it
-    is the last row (a guided U-ViT), so that no sample is conditioned on "no class"."""
-    if num_classes and null_class is not None and int(null_class) == num_classes - 1:
-        return num_classes - 1
+def label_rows(model) -> Optional[int]:
+    """Rows of the model's class-label embedding (``label_emb`` in U-ViT, ``label`` ...), or None."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("label_emb", "label", "class_embedding"):
+            return int(module.num_embeddings)
+    return None
+
+
+def label_classes(num_classes: int, null_class, rows: Optional[int] = None) -> int:
+    """How many real classes labels are drawn from: the label rows below the null class when it
+    is the table's last row (a guided model), so that no sample is conditioned on "no class";
+    else ``num_classes``."""
+    rows = rows or num_classes
+    if rows and null_class is not None and int(null_class) == rows - 1:
+        return min(int(null_class), num_classes or int(null_class))
     return num_classes
 
 
@@ -370,7 +382,8 @@ def _run(args: argparse.Namespace) -> int:
     contexts, uncond_context = _text_contexts(args, loaded, sampler_cfg)
     decoder = _latent_decoder(args, shape, sampler_cfg, device)
     sampler = from_config(sampler_cfg)
-    num_classes = label_classes(int(loaded.get("num_classes", 0) or 0), sampler_cfg.get("null_class"))
+    num_classes = label_classes(int(loaded.get("num_classes", 0) or 0), sampler_cfg.get("null_class"),
+                                label_rows(loaded["model"]))
     if args.class_label is not None and not 0 <= args.class_label < max(num_classes, 1):
         raise SampleError(f"--class-label {args.class_label} is out of range",
                           f"the model has {num_classes} classes (0..{num_classes - 1})" if num_classes else

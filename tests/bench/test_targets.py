@@ -62,3 +62,16 @@ def test_command_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["bench", "targets", str(tmp_path)]) == 2
     assert "no sparsedm results files" in capsys.readouterr().err
+
+
+def test_conv_targets_leave_out_the_input_and_output_convs(tmp_path):
+    conv = {"N": 64, "H": 32, "W": 32, "R": 3, "S": 3, "stride": 1, "padding": 1}
+    rows = [
+        _kernel("conv", "ddpm-unet", "cuda", {**conv, "C": 128, "K": 128}, 1.0, 1.5),
+        _kernel("conv", "ddpm-unet", "cuda", {**conv, "C": 128, "K": 3}, 1.0, 0.3),  # out.2: not a target
+        _kernel("conv", "ddpm-unet", "cuda", {**conv, "C": 3, "K": 128}, 1.0, 0.2),  # down.0: not a target
+    ]
+    _write(tmp_path / "c.json", rows)
+    res = _by_target(targets.evaluate(targets.load_rows([str(tmp_path)])))
+    r = res["cuda sparse24_conv2d, DDPM UNet 3x3 convs (batch 64, 128), over cuDNN"]
+    assert r["status"] == "pass" and r["rows"] == 1 and r["worst"] == 1.5

@@ -102,3 +102,16 @@ def test_gpu_uvit_linears(backend, dtype, n, k, m):
     assert y.dtype == dtype and y.shape == (m, n)
     assert registry.dispatch_counts[("sparse24_linear", backend)] > 0
     assert_close_rel(y, ref, 1e-2 if dtype == torch.bfloat16 else 3e-3, f"{backend} {dtype} M={m} N={n} K={k}")
+
+
+def test_forget_drops_one_backends_weight(stand_in):
+    values, meta = _weight(16, 32, seed=4)
+    x = torch.randn(2, 32)
+    for backend in ("cusparselt", "cutlass"):
+        registry.get_backend(backend).kernels["sparse24_linear"].fn(x, values, meta, None, "none")
+    assert stand_in.built == 2
+    torch_sparse.forget((x, values, meta), "cutlass")  # the autotuner's call for a losing backend
+    registry.get_backend("cusparselt").kernels["sparse24_linear"].fn(x, values, meta, None, "none")
+    assert stand_in.built == 2  # cuSPARSELt's weight is still cached
+    registry.get_backend("cutlass").kernels["sparse24_linear"].fn(x, values, meta, None, "none")
+    assert stand_in.built == 3  # CUTLASS's was dropped and is rebuilt

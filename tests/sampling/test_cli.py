@@ -130,6 +130,21 @@ def test_guided_class_conditional_preset_uses_the_last_label_row_as_null(tmp_pat
     assert "the model has 10 classes (0..9)" in capsys.readouterr().err
 
 
+def guided_factory(device="cpu", dtype=None, **_):
+    """A factory whose model says num_classes=10 and holds 11 label rows (the null class last)."""
+    from sparsedm.sampling.testing import tiny_factory
+
+    return tiny_factory(device, dtype or __import__("torch").float32, num_classes=10)
+
+
+def test_guided_factory_null_class_is_the_tables_last_row(tmp_path):
+    out = tmp_path / "f.npz"
+    assert main(["--factory=tests.sampling.test_cli:guided_factory", "-n", "80", "--cfg-scale", "0.4", "--npz", str(out),
+                 "--no-progress"]) == 0
+    labels = np.load(out)["labels"]
+    assert sorted(set(labels.tolist())) == list(range(10))  # all 10 real classes drawn; row 10 is the null class
+
+
 def test_ctrl_c_writes_nothing(tmp_path, monkeypatch, capsys):
     import sparsedm.sampling.run as run
 
