@@ -115,3 +115,15 @@ def test_forget_drops_one_backends_weight(stand_in):
     assert stand_in.built == 2  # cuSPARSELt's weight is still cached
     registry.get_backend("cutlass").kernels["sparse24_linear"].fn(x, values, meta, None, "none")
     assert stand_in.built == 3  # CUTLASS's was dropped and is rebuilt
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cusparselt", "cutlass"])
+def test_gpu_under_torch_compile(backend):
+    """The output's layout matches the op's fake (row-major), so torch.compile accepts it."""
+    x, values, meta, bias = _gpu_case(backend, 1024, 1024, 65, torch.float16)
+    fn = torch.compile(lambda x: torch.ops.sparsedm.sparse24_linear(x, values, meta, bias, "silu"), fullgraph=True)
+    with registry.use_backend(backend):
+        y = fn(x)
+        eager = torch.ops.sparsedm.sparse24_linear(x, values, meta, bias, "silu")
+    assert y.is_contiguous() and torch.equal(y, eager)
