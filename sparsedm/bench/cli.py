@@ -159,6 +159,10 @@ def _model(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.preset):
         print("error: give either a converted MODEL file or --preset NAME (see `sparsedm bench model --help`)", file=sys.stderr)
         return 2
+    if args.override and args.model:
+        print("error: --override changes a preset's config; a converted file is measured as it is (drop --override)",
+              file=sys.stderr)
+        return 2
     problem = _check_setup(args.out, [args.backend])
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -10,6 +10,7 @@ clock.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 import torch
+
+log = logging.getLogger("sparsedm.bench")
 
 __all__ = ["Timer", "CpuTimer", "CudaEventTimer", "Measurement", "measure", "rotation_copies", "timer_for"]
 
@@ -58,6 +61,9 @@ class CudaEventTimer:
 
     def __init__(self, lead_cycles: int = LEAD_CYCLES):
         self.lead_cycles = int(lead_cycles)
+        # timed calls whose busy-wait ended before the host had queued the call (the start event
+        # had already fired when the call returned): host dispatch leaked into those times
+        self.lead_too_short = 0
 
     def start(self) -> None:
         self._begin = torch.cuda.Event(enable_timing=True)
@@ -67,6 +73,8 @@ class CudaEventTimer:
         self._begin.record()
 
     def stop(self) -> float:
+        if self.lead_cycles > 0 and self._begin.query():
+            self.lead_too_short += 1
         self._end.record()
         self._end.synchronize()
         return self._begin.elapsed_time(self._end)
@@ -121,10 +129,16 @@ def measure(
     if sync is not None:
         sync()
     samples = []
+    short_before = getattr(timer, "lead_too_short", 0)
     for i in range(reps):
         timer.start()
         fn((warmup + i) % copies)
         samples.append(timer.stop())
+    short = getattr(timer, "lead_too_short", 0) - short_before
+    if short > reps // 4:
+        log.warning("timing: in %d of %d calls the GPU busy-wait (%d cycles) ended before the call was queued, so "
+                    "host dispatch is in those times; raise sparsedm.bench.timing.LEAD_CYCLES", short, reps,
+                    getattr(timer, "lead_cycles", 0))
     return Measurement(
         median_ms=statistics.median(samples),
         min_ms=min(samples),

@@ -224,7 +224,8 @@ def read_header(path: str) -> FileHeader:
         if len(head) < 8:
             raise _bad(name, f"file is {size} bytes, too short to be a safetensors file (truncated?)")
         (n,) = struct.unpack("<Q", head)
-        if (n == 0 or n > MAX_HEADER_BYTES or n > size - 8) and head.startswith((b"PK\x03\x04", b"\x80")):
+        torch_magic = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # zip, pickle protocols 2-5
+        if (n == 0 or n > MAX_HEADER_BYTES or n > size - 8) and head.startswith(torch_magic):
             # not a safetensors length, and torch.save's zip or pickle magic
             raise FileFormatError(f"{name} is a PyTorch checkpoint, not a file written by `sparsedm convert`",
                                   f"convert it first: sparsedm convert {name} -o model.safetensors [--preset NAME]")

@@ -52,3 +52,25 @@ def test_rotation_copies_exceed_l2_budget():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="reps >= 1"):
         measure(lambda i: None, reps=0)
+
+
+def test_a_lead_shorter_than_the_dispatch_is_reported(caplog):
+    """A timer that saw its start event fire before the call was queued (the CUDA timer's
+    lead_too_short count) makes measure() say so: those times include host dispatch."""
+    import logging
+
+    from sparsedm.bench.timing import measure
+
+    class LeadTooShort:
+        lead_cycles, lead_too_short = 1000, 0
+
+        def start(self):
+            pass
+
+        def stop(self):
+            self.lead_too_short += 1
+            return 1.0
+
+    with caplog.at_level(logging.WARNING, logger="sparsedm.bench"):
+        measure(lambda i: None, reps=8, warmup=1, timer=LeadTooShort())
+    assert "in 8 of 8 calls the GPU busy-wait (1000 cycles) ended before the call was queued" in caplog.text
