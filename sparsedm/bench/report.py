@@ -110,6 +110,11 @@ def _plot(rows: list[dict], header: dict, path: str) -> Optional[str]:
         ax.set_xticklabels(labels, rotation=75, fontsize=6)
         ax.legend(fontsize=7)
     ax1.set_title(f"sparsedm on {header.get('gpu')} (torch {header.get('torch')}, commit {header.get('commit')})")
+    return _save_png(fig, plt, path)
+
+
+def _save_png(fig, plt, path: str) -> str:
+    """Lay out, render and write ``fig`` atomically; returns the path."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -136,12 +141,7 @@ def _plot_models(rows: list[dict], header: dict, path: str, plt) -> Optional[str
     r0 = model_rows[0]
     loop = "CUDA graph" if r0.get("cuda_graph") else "eager"
     ax.set_title(f"{r0['model']}, batch {r0.get('batch')}, {loop}, on {header.get('gpu')} (commit {header.get('commit')})", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
+    return _save_png(fig, plt, path)
 
 
 def write_results(rows: list[dict], header: dict, out_dir: str, kind: str) -> dict[str, str]:
