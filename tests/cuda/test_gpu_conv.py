@@ -103,11 +103,12 @@ def test_odd_geometry_matches_reference(shape, dtype, channels_last):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", checks.ACTIVATIONS)
-def test_fused_epilogue_matches_reference(activation, bias):
+def test_fused_epilogue_matches_reference(activation, bias, dtype):
     _need_cuda_backend()
-    _run_and_check(2, 64, 15, 15, 64, 3, 3, 1, 1, 1, torch.float16, True, activation, bias)
+    _run_and_check(2, 64, 15, 15, 64, 3, 3, 1, 1, 1, dtype, True, activation, bias)
 
 
 @pytest.mark.gpu

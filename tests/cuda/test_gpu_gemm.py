@@ -272,6 +272,41 @@ def test_split_k_is_deterministic(monkeypatch, family):
     assert torch.equal(y1, y2)
 
 
+@pytest.mark.parametrize("m", [3, 300], ids=["small-tile", "large-tile"])
+def test_private_ops_residual_every_family(m):
+    """The residual input (added after the activation) of the three GEMM families, on both tiles,
+    against the reference plus the residual."""
+    _need_cuda_backend()
+    from sparsedm.ops import cuda_backend
+
+    torch.manual_seed(11 + m)
+    n, k = 256, 512
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    res = torch.randn(m, n, device="cuda", dtype=torch.float16)
+    bias = torch.randn(n, device="cuda")
+    silu = cuda_backend.ACTIVATION_CODES["silu"]
+    values, meta = _sparse_weight(n, k, torch.float16)
+    w, mw = cuda_backend.relayout(values, meta, cuda_backend.SP16, n, k)
+    y = torch.ops.sparsedm._cuda_sparse24_gemm(x, w, mw, bias, res, n, silu, 0)
+    ref = reference.sparse24_linear(x.double(), values.double(), meta, bias.double(), "silu") + res.double()
+    assert _rel_err(y, ref) < 3e-3, "sparse16 residual"
+    wd = torch.randn(n, k, device="cuda")
+    q, s_x = torch.ops.sparsedm._cuda_quantize_rows(x, None)
+    for family in (cuda_backend.SP8, cuda_backend.D8):
+        if family == cuda_backend.SP8:
+            vals, meta8 = compress24(_pruned(wd))
+            vq, w_scale = quantize_weight_int8(vals)
+            w8, m8 = cuda_backend.relayout(vq, meta8, family, n, k)
+            ref8 = reference.sparse24_int8_linear(x, vq, meta8, w_scale, bias, None, "silu")
+        else:
+            w_q, w_scale = quantize_weight_int8(wd)
+            w8, m8 = cuda_backend.relayout(w_q, None, family, n, k)[0], None
+            ref8 = reference.int8_linear(x, w_q, w_scale, bias, None, "silu")
+        y8 = torch.ops.sparsedm._cuda_int8_gemm(q, s_x, w8, m8, w_scale, bias, res, family, n, torch.float16, silu, 0)
+        expected = ref8.double() + res.double()
+        assert _rel_err(y8, expected) < 2e-3, f"int8 family {family} residual"
+
+
 def test_split_k_private_op_residual_and_auto_rule():
     """The private op's split_k argument with a residual (added after the activation), and the
     automatic rule (split_k=0) at M = 1, where it splits the U-ViT-L/2 proj layer."""
