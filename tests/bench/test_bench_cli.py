@@ -179,7 +179,7 @@ def test_bench_model_errors(capsys):
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--cuda-graph", "--device", "cpu"]) == 2
 
 
-def test_kernel_plot_with_gpu_peaks(tmp_path):
+def test_kernel_plot_with_gpu_peaks(tmp_path, monkeypatch):
     """A GPU results set: the TFLOP/s panel carries the GPU's dense and 2:4 peaks."""
     pytest.importorskip("matplotlib")
     from sparsedm.bench.report import write_results
@@ -190,7 +190,17 @@ def test_kernel_plot_with_gpu_peaks(tmp_path):
     header = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0", "torch": "2.11", "triton": "3.6", "cuda": "13.0",
               "commit": "abc", "date": "2026-11-24T00:00:00Z"}
     paths = write_results(rows, header, str(tmp_path), "kernels")
-    assert open(paths["png"], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    with_peaks = open(paths["png"], "rb").read()
+    assert with_peaks[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same rows with the peak table emptied: a different picture (the peak lines are gone)
+    import sparsedm.bench.environment as environment
+
+    seen = []
+    real = environment.gpu_peak
+    monkeypatch.setattr(environment, "gpu_peak", lambda gpu, precision: seen.append(precision) or None)
+    paths = write_results(rows, header, str(tmp_path / "nopeaks"), "kernels")
+    assert sorted(set(seen)) == ["fp16", "int8"] and real(header["gpu"], "int8") == 1979.0
+    assert open(paths["png"], "rb").read() != with_peaks
 
 
 def test_a_failing_candidate_is_skipped_not_fatal(monkeypatch, caplog):
