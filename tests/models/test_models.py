@@ -135,3 +135,54 @@ def test_sparsedm_qkv_bias_checkpoint_infers_and_fits_the_preset():
     assert cfg["qkv_bias"] is True and cfg["num_heads"] == published["num_heads"]
     assert config_for_checkpoint("uvit", published, sd.keys())["qkv_bias"] is True
     assert config_for_checkpoint("uvit", published, build("uvit", published).state_dict().keys())["qkv_bias"] is False
+
+
+def _published_uvit_keys(config: dict) -> dict:
+    """Every state_dict key and shape of a U-ViT with ``config``, written out from the published
+    layout (DESIGN.md "Facts about the checkpoints": libs/uvit.py's module names), not from
+    sparsedm's module tree: pos_embed, patch_embed.proj, [label_emb | context_embed],
+    [time_embed MLP], depth // 2 in_blocks, mid_block, depth // 2 out_blocks with skip_linear,
+    norm, decoder_pred, [final_layer]."""
+    d, p, c = config["embed_dim"], config["patch_size"], config["in_chans"]
+    hidden = int(d * config["mlp_ratio"])
+    tokens = (config["img_size"] // p) ** 2
+    extras = 1 + (1 if config.get("num_classes", -1) > 0 else 0) + int(config.get("num_clip_token", 0) if config.get("clip_dim") else 0)
+    keys = {"pos_embed": (1, extras + tokens, d), "patch_embed.proj.weight": (d, c, p, p), "patch_embed.proj.bias": (d,)}
+    if config.get("mlp_time_embed"):
+        keys.update({"time_embed.0.weight": (4 * d, d), "time_embed.0.bias": (4 * d,),
+                     "time_embed.2.weight": (d, 4 * d), "time_embed.2.bias": (d,)})
+    if config.get("clip_dim"):
+        keys.update({"context_embed.weight": (d, config["clip_dim"]), "context_embed.bias": (d,)})
+    elif config.get("num_classes", -1) > 0:
+        keys["label_emb.weight"] = (config["num_classes"], d)
+
+    def block(prefix, skip):
+        out = {f"{prefix}.norm1.weight": (d,), f"{prefix}.norm1.bias": (d,), f"{prefix}.attn.qkv.weight": (3 * d, d),
+               f"{prefix}.attn.proj.weight": (d, d), f"{prefix}.attn.proj.bias": (d,),
+               f"{prefix}.norm2.weight": (d,), f"{prefix}.norm2.bias": (d,),
+               f"{prefix}.mlp.fc1.weight": (hidden, d), f"{prefix}.mlp.fc1.bias": (hidden,),
+               f"{prefix}.mlp.fc2.weight": (d, hidden), f"{prefix}.mlp.fc2.bias": (d,)}
+        if config.get("qkv_bias"):
+            out[f"{prefix}.attn.qkv.bias"] = (3 * d,)
+        if skip:
+            out.update({f"{prefix}.skip_linear.weight": (d, 2 * d), f"{prefix}.skip_linear.bias": (d,)})
+        return out
+
+    for i in range(config["depth"] // 2):
+        keys.update(block(f"in_blocks.{i}", False))
+        keys.update(block(f"out_blocks.{i}", True))
+    keys.update(block("mid_block", False))
+    keys.update({"norm.weight": (d,), "norm.bias": (d,), "decoder_pred.weight": (p * p * c, d), "decoder_pred.bias": (p * p * c,)})
+    if config.get("conv", True):
+        keys.update({"final_layer.weight": (c, c, 3, 3), "final_layer.bias": (c,)})
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p["arch"] == "uvit"))
+def test_uvit_presets_have_exactly_the_published_keys(name):
+    """strict=True loading of a published checkpoint needs every key and shape, and no other."""
+    config = PRESETS[name]["config"]
+    got = {k: tuple(v.shape) for k, v in build("uvit", config).state_dict().items()}
+    assert got == _published_uvit_keys(config)
+    with_bias = {k: tuple(v.shape) for k, v in build("uvit", dict(config, qkv_bias=True)).state_dict().items()}
+    assert with_bias == _published_uvit_keys(dict(config, qkv_bias=True))  # SparseDM's variant
