@@ -53,6 +53,24 @@ def test_cmake_builds_and_cpp_tests_pass(tmp_path):
     assert "100% tests passed" in out.stdout
 
 
+def test_cmake_cuda_build(tmp_path):
+    """CMakeLists.txt's SPARSEDM_WITH_CUDA=ON path (the standalone build of csrc/cuda with the
+    kernel headers), for one arch: configures and compiles, the library holds every launch file."""
+    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    if shutil.which("cmake") is None or not os.path.exists(nvcc):
+        pytest.skip("needs cmake and nvcc")
+    root = __file__.rsplit("/tests/", 1)[0]
+    env = {**os.environ, "CUDACXX": nvcc}
+    for cmd in (["cmake", "-S", root, "-B", str(tmp_path), "-DSPARSEDM_WITH_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80"],
+                ["cmake", "--build", str(tmp_path), "-j", "2", "--target", "sparsedm_cuda"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (lib,) = glob.glob(str(tmp_path / "**" / "libsparsedm_cuda.a"), recursive=True)
+    members = subprocess.run(["ar", "t", lib], capture_output=True, text=True, check=True).stdout
+    launch = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{root}/csrc/cuda/*.cu"))
+    assert all(f"{name}.cu.o" in members for name in launch), members
+
+
 def test_info_lists_reference_backend(capsys):
     assert main(["info", "--backends"]) == 0
     out = capsys.readouterr().out
