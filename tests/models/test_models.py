@@ -186,3 +186,68 @@ def test_uvit_presets_have_exactly_the_published_keys(name):
     assert got == _published_uvit_keys(config)
     with_bias = {k: tuple(v.shape) for k, v in build("uvit", dict(config, qkv_bias=True)).state_dict().items()}
     assert with_bias == _published_uvit_keys(dict(config, qkv_bias=True))  # SparseDM's variant
+
+
+def _published_ddpm_unet_keys(config: dict) -> dict:
+    """Every state_dict key and shape of the DDPM UNet of rosinality/denoising-diffusion-pytorch
+    (as diffusion_distiller and SparseDM's DDPM use it), written out from its published layout,
+    not from sparsedm's module tree: time (sinusoid buffer, two linears), down (input conv,
+    n_res_blocks res blocks per level with attention at the listed strides, a stride-2 conv
+    between levels), mid (res + attention, res), up (n_res_blocks + 1 res blocks per level on
+    concatenated skips, an upsampling conv between levels), out (norm, conv)."""
+    ch, fold, affine = config["channel"], config.get("fold", 1), config.get("use_affine_time", False)
+    mult, n_res, strides = config["channel_multiplier"], config["n_res_blocks"], config["attn_strides"]
+    time_dim = 4 * ch
+    keys = {"time.0.inv_freq": (ch // 2,), "time.1.weight": (time_dim, ch), "time.1.bias": (time_dim,),
+            "time.3.weight": (time_dim, time_dim), "time.3.bias": (time_dim,)}
+
+    def conv(prefix, cin, cout, k):
+        keys.update({f"{prefix}.weight": (cout, cin, k, k), f"{prefix}.bias": (cout,)})
+
+    def res_block(prefix, cin, cout, attention):
+        r = f"{prefix}.resblocks"
+        keys.update({f"{r}.norm1.weight": (cin,), f"{r}.norm1.bias": (cin,)})
+        conv(f"{r}.conv1", cin, cout, 3)
+        keys.update({f"{r}.time.1.weight": ((2 if affine else 1) * cout, time_dim), f"{r}.time.1.bias": ((2 if affine else 1) * cout,)})
+        if not affine:  # with affine time the second norm has no parameters
+            keys.update({f"{r}.norm2.weight": (cout,), f"{r}.norm2.bias": (cout,)})
+        conv(f"{r}.conv2", cout, cout, 3)
+        if cin != cout:
+            conv(f"{r}.skip", cin, cout, 1)
+        if attention:
+            a = f"{prefix}.attention"
+            keys.update({f"{a}.norm.weight": (cout,), f"{a}.norm.bias": (cout,)})
+            conv(f"{a}.qkv", cout, 3 * cout, 1)
+            conv(f"{a}.out", cout, cout, 1)
+
+    conv("down.0", config["in_channel"] * fold**2, ch, 3)
+    feats, cur, j = [ch], ch, 1
+    for i, m in enumerate(mult):
+        for _ in range(n_res):
+            res_block(f"down.{j}", cur, ch * m, 2**i in strides)
+            cur, j = ch * m, j + 1
+            feats.append(cur)
+        if i != len(mult) - 1:
+            conv(f"down.{j}.0", cur, cur, 3)
+            feats.append(cur)
+            j += 1
+    res_block("mid.0", cur, cur, True)
+    res_block("mid.1", cur, cur, False)
+    j = 0
+    for i in reversed(range(len(mult))):
+        for _ in range(n_res + 1):
+            res_block(f"up.{j}", cur + feats.pop(), ch * mult[i], 2**i in strides)
+            cur, j = ch * mult[i], j + 1
+        if i != 0:
+            conv(f"up.{j}.1", cur, cur, 3)
+            j += 1
+    keys.update({"out.0.weight": (cur,), "out.0.bias": (cur,)})
+    conv("out.2", cur, 3 * fold**2, 3)
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p["arch"] == "ddpm_unet"))
+def test_ddpm_unet_presets_have_exactly_the_published_keys(name):
+    config = PRESETS[name]["config"]
+    got = {k: tuple(v.shape) for k, v in build("ddpm_unet", config).state_dict().items()}
+    assert got == _published_ddpm_unet_keys(config)
