@@ -148,7 +148,7 @@ def bench_variants(
         args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
     with torch.no_grad():
         reference = base(*args, **kwargs).float()
-    from sparsedm.sampling.cli import label_classes, label_rows
+    from sparsedm.sampling.run import label_classes, label_rows
 
     sampler_cfg = {**spec.sampler, "steps": steps}
     num_classes = max(int(spec.config.get("num_classes") or 0), 0)

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from sparsedm.sampling.run import label_classes, label_rows
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -228,24 +230,6 @@ def _sampler_config(args, loaded: dict) -> dict:
         rows = label_rows(loaded["model"])
         cfg["null_class"] = rows - 1 if rows else int(loaded["num_classes"])
     return cfg
-
-
-def label_rows(model) -> Optional[int]:
-    """Rows of the model's class-label embedding (``label_emb`` in U-ViT, ``label`` ...), or None."""
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("label_emb", "label", "class_embedding"):
-            return int(module.num_embeddings)
-    return None
-
-
-def label_classes(num_classes: int, null_class, rows: Optional[int] = None) -> int:
-    """How many real classes labels are drawn from: the label rows below the null class when it
-    is the table's last row (a guided model), so that no sample is conditioned on "no class";
-    else ``num_classes``."""
-    rows = rows or num_classes
-    if rows and null_class is not None and int(null_class) == rows - 1:
-        return min(int(null_class), num_classes or int(null_class))
-    return num_classes
 
 
 def _latent_decoder(args, shape: tuple, sampler_cfg: dict, device: str):

@@ -131,3 +131,21 @@ def generate(model: Callable, sampler: Sampler, shape: Sequence[int], n: int, se
                 if labels_out is not None:
                     labels_out[ix[keep]] = lb.cpu().numpy()[keep]
     return result, labels_out
+
+
+def label_rows(model) -> Optional[int]:
+    """Rows of the model's class-label embedding (``label_emb`` in U-ViT, ``label`` ...), or None."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("label_emb", "label", "class_embedding"):
+            return int(module.num_embeddings)
+    return None
+
+
+def label_classes(num_classes: int, null_class, rows: Optional[int] = None) -> int:
+    """How many real classes labels are drawn from: the label rows below the null class when it
+    is the table's last row (a guided model), so that no sample is conditioned on "no class";
+    else ``num_classes``."""
+    rows = rows or num_classes
+    if rows and null_class is not None and int(null_class) == rows - 1:
+        return min(int(null_class), num_classes or int(null_class))
+    return num_classes
