@@ -44,6 +44,20 @@ def nvcc_version(cuda_home):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def cuda_include_problem(cuda_home):
+    """None when ``cuda_home`` holds the CUDA runtime headers that torch's CUDA headers include,
+    else what is wrong. torch takes CUDA_HOME from the folder above ``which nvcc`` when it is
+    unset: a wrapper script in /usr/local/bin gives /usr/local, and the C++ compile then fails
+    deep inside c10/cuda/CUDAStream.h; this says so before anything compiles."""
+    header = os.path.join(cuda_home or "", "include", "cuda_runtime_api.h")
+    if cuda_home and os.path.exists(header):
+        return None
+    return (
+        f"CUDA_HOME={cuda_home} has no include/cuda_runtime_api.h: set CUDA_HOME to the CUDA toolkit's "
+        f"root (the folder holding bin/nvcc and include/, e.g. /usr/local/cuda)"
+    )
+
+
 def decide_cuda(torch, cuda_home):
     """Return (build_cuda, reason) following SPARSEDM_CUDA."""
     mode = os.environ.get("SPARSEDM_CUDA", "auto").strip().lower()
@@ -67,6 +81,8 @@ def decide_cuda(torch, cuda_home):
             f"nvcc {nvcc[0]}.{nvcc[1]} is older than {MIN_NVCC[0]}.{MIN_NVCC[1]}, the first with PTX ISA 8.5 "
             f"(mma.sp::ordered_metadata, which the 2:4 kernels use)"
         )
+    else:
+        problem = cuda_include_problem(cuda_home)
     if problem is None:
         return True, ""
     if mode == "1":

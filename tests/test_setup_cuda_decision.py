@@ -37,6 +37,7 @@ def fake_torch(cuda):
 def test_decide_cuda(setup_module, monkeypatch, mode, torch_cuda, nvcc, expected, reason):
     monkeypatch.setenv("SPARSEDM_CUDA", mode)
     monkeypatch.setattr(setup_module, "nvcc_version", lambda home: nvcc)
+    monkeypatch.setattr(setup_module, "cuda_include_problem", lambda home: None)
     build, why = setup_module.decide_cuda(fake_torch(torch_cuda), "/usr/local/cuda")
     assert build is expected
     assert reason in why
@@ -47,6 +48,23 @@ def test_forced_cuda_fails_with_reason(setup_module, monkeypatch):
     monkeypatch.setattr(setup_module, "nvcc_version", lambda home: (13, 0))
     with pytest.raises(SystemExit, match="SPARSEDM_CUDA=1 but the CUDA extension cannot be built: torch 9.9.9 is a CPU build"):
         setup_module.decide_cuda(fake_torch(None), None)
+
+
+@pytest.mark.parametrize("mode", ["auto", "1"])
+def test_cuda_home_without_runtime_headers(setup_module, monkeypatch, tmp_path, mode):
+    """A CUDA_HOME whose include/ lacks cuda_runtime_api.h (torch guessed /usr/local from a
+    wrapper script) is named before any compile: CPU-only under auto, an error under 1."""
+    monkeypatch.setenv("SPARSEDM_CUDA", mode)
+    monkeypatch.setattr(setup_module, "nvcc_version", lambda home: (13, 0))
+    (tmp_path / "include").mkdir()
+    if mode == "1":
+        with pytest.raises(SystemExit, match=f"CUDA_HOME={tmp_path} has no include/cuda_runtime_api.h: set CUDA_HOME"):
+            setup_module.decide_cuda(fake_torch("13.0"), str(tmp_path))
+    else:
+        build, why = setup_module.decide_cuda(fake_torch("13.0"), str(tmp_path))
+        assert build is False and "has no include/cuda_runtime_api.h" in why
+    (tmp_path / "include" / "cuda_runtime_api.h").write_text("// header")
+    assert setup_module.decide_cuda(fake_torch("13.0"), str(tmp_path)) == (True, "")
 
 
 def test_bad_mode(setup_module, monkeypatch):
