@@ -29,6 +29,44 @@ def autotune_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)
 
 
+def _autotune_setting() -> bool:
+    value = os.environ.get("SPARSEDM_TRITON_AUTOTUNE", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"SPARSEDM_TRITON_AUTOTUNE={value!r}: set it to 1 (time every candidate config, the default) "
+            f"or 0 (run the first candidate of each shape bucket)"
+        )
+    return value == "1"
+
+
+# SPARSEDM_TRITON_AUTOTUNE=0 (read at import): each kernel runs the first candidate config of
+# its shape bucket instead of compiling and timing all of them. For correctness runs, where
+# which config wins does not matter and compiling every candidate of every shape and dtype
+# costs most of the time (bench/gpu_suite.sh sets it for its test stages); every config is
+# still tested on its own, forced through the launchers' ``config=`` argument.
+TUNE = _autotune_setting()
+
+
+def candidates(configs: list) -> list:
+    """The configs an autotuner is built with: all of ``configs``, or its first under TUNE=False."""
+    return list(configs) if TUNE else list(configs[:1])
+
+
+TILE_PARAMETERS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+
+
+def check_tile_config(config, where: str) -> None:
+    """A ``config=`` forced on a launcher sets exactly TILE_PARAMETERS, powers of two, blocks >= 16."""
+    from sparsedm.ops.checks import OpArgumentError
+
+    kwargs = getattr(config, "kwargs", None)
+    if not isinstance(kwargs, dict) or set(kwargs) != set(TILE_PARAMETERS):
+        raise OpArgumentError(f"config={config!r}: pass a triton.Config with exactly {', '.join(TILE_PARAMETERS)} (as in {where})")
+    if not all(isinstance(v, int) and v >= 1 and v & (v - 1) == 0 for v in kwargs.values()) or min(
+            kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) < 16:
+        raise OpArgumentError(f"config {kwargs}: every value must be a power of two and BLOCK_M/N/K >= 16 (tl.dot's smallest tile)")
+
+
 def device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
     """None when Triton can run on these tensors' device, else why not (for ``supports``)."""
     for t in tensors:

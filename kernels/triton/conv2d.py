@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsedm.kernels import _common
 from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
@@ -197,8 +198,8 @@ def conv_configs(M: int, Cout: int, C: int) -> list:
 
 def _prune(configs, named_args, **kwargs):
     allowed = {id(c) for c in conv_configs(named_args["M"], named_args["Cout"], named_args["C"])}
-    kept = [c for c in configs if id(c) in allowed]
-    return kept or configs[-1:]
+    kept = [c for c in configs if id(c) in allowed] or configs[-1:]
+    return _common.candidates(kept)  # the bucket's first only under SPARSEDM_TRITON_AUTOTUNE=0
 
 
 _sparse24_conv2d_tuned = triton.autotune(
@@ -237,8 +238,13 @@ def sparse24_conv2d(
     padding,
     dilation,
     activation: str = "none",
+    *,
+    config: Optional[triton.Config] = None,
 ) -> torch.Tensor:
     """``act(conv2d(x, W) + bias)`` for a 2:4 weight; output [N, Cout, OH, OW] in x's dtype.
+
+    ``config``: a ``triton.Config`` (BLOCK_M/N/K, GROUP_M, warps, stages) to run instead of the
+    autotuned choice (tests of every candidate, tuning experiments).
 
     The output is channels_last when x is, NCHW otherwise
     (:func:`sparsedm.ops.checks.conv_output_memory_format`). Follows docs/KERNELS.md,
@@ -274,8 +280,10 @@ def sparse24_conv2d(
         # Offsets stay int32 unless an operand is too large for them (or its strides are huge).
         INDEX_64=max(_span(x), _span(y), _span(values), _span(meta)) >= 2**31,
     )
-    if INTERPRET:
-        cfg = INTERPRET_CONFIG
+    if config is not None or INTERPRET:
+        if config is not None:
+            _common.check_tile_config(config, "conv2d.conv_configs")
+        cfg = config.all_kwargs() if config is not None else INTERPRET_CONFIG
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(cout, cfg["BLOCK_N"]),)
         _sparse24_conv2d_kernel[grid](*args, **flags, **cfg)
     else:

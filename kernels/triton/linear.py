@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason
+from sparsedm.kernels._common import (
+    ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, candidates, check_tile_config, device_reason,
+)
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
@@ -382,9 +384,10 @@ def configs_for(m: int, split_k: int = 1) -> list:
 
 
 _AUTOTUNE_KEY = ["M_BUCKET", "N", "K"]
-_linear_small_m = triton.autotune(configs=configs_for(1), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
-_linear_large_m = triton.autotune(configs=configs_for(SMALL_M + 1), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
-_linear_split_k = triton.autotune(configs=configs_for(1, split_k=2), key=_AUTOTUNE_KEY + ["SPLIT_K"], do_bench=autotune_bench)(_linear_kernel)
+_linear_small_m = triton.autotune(configs=candidates(configs_for(1)), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
+_linear_large_m = triton.autotune(configs=candidates(configs_for(SMALL_M + 1)), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
+_linear_split_k = triton.autotune(configs=candidates(configs_for(1, split_k=2)), key=_AUTOTUNE_KEY + ["SPLIT_K"],
+                                  do_bench=autotune_bench)(_linear_kernel)
 
 # The split-K rule (docs/KERNELS.md, "Split-K"). PROVISIONAL: unmeasured on a GPU.
 SPLIT_K_WAVES = 2  # aim at about 2 CTAs per SM: these tiles fit 1-4 per SM (up to 255 registers x 128 threads)
@@ -552,13 +555,16 @@ def _launch_gemm(
     x_scale: Optional[torch.Tensor] = None,
     quantize_x: bool = False,
     split_k: Optional[int] = None,
+    config: Optional[triton.Config] = None,
 ) -> torch.Tensor:
     """Allocate y [M, N] and run ``_linear_kernel`` with the flags the arguments imply.
 
     ``x2d`` [M, K] (any strides); ``w`` dense [N, K] or 2:4 values [N, K/2] with ``meta``
     uint8 [N, K/8] (any strides); ``w_scale`` [N] and ``x_scale`` ([M] or one element)
     select the INT8 path. ``split_k``: None applies ``split_k_for`` with the device's SM
-    count; an int >= 1 forces that many K slices (tests, benchmarks).
+    count; an int >= 1 forces that many K slices (tests, benchmarks). ``config``: a
+    ``triton.Config`` (BLOCK_M/N/K, GROUP_M, warps, stages) to run instead of the autotuned
+    choice (tests of every candidate, tuning experiments).
     """
     m, k = x2d.shape
     if split_k is None:
@@ -592,6 +598,10 @@ def _launch_gemm(
     else:
         out = y
         kernel = _linear_small_m if m <= SMALL_M else _linear_large_m
+    forced = {}
+    if config is not None:
+        check_tile_config(config, "linear.configs_for")
+        kernel, forced = _linear_kernel, config.all_kwargs()
     grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split_k)  # noqa: E731
     kernel[grid](
         x2d, w, meta if sparse else dummy,
@@ -615,6 +625,7 @@ def _launch_gemm(
         # (triton 3.9, runtime/interpreter.py create_dot); a GPU never takes this branch.
         DOT_IN_FP32=INTERPRET and x2d.dtype == torch.bfloat16 and not int8,
         WRITE_PARTIAL=split_k > 1,
+        **forced,
     )
     if split_k > 1:
         block_m = min(16, triton.next_power_of_2(m))
@@ -641,47 +652,51 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def sparse24_linear(x, values, meta, bias, activation, *, split_k: Optional[int] = None) -> torch.Tensor:
+def sparse24_linear(x, values, meta, bias, activation, *, split_k: Optional[int] = None,
+                    config: Optional[triton.Config] = None) -> torch.Tensor:
     """``act(x @ W^T + bias)``, W in canonical 2:4 form (docs/KERNELS.md, "Triton linear kernels").
 
     x [..., K] float16/bfloat16/float32; values [N, K/2] x's dtype; meta uint8 [N, K/8];
     bias [N] or None; returns [..., N] in x's dtype. ``split_k``: None = ``split_k_for``'s
-    choice, or a forced number of K slices.
+    choice, or a forced number of K slices; ``config``: a ``triton.Config`` run instead of the
+    autotuned one.
     """
     n = checks.check_sparse24_linear(x, values, meta, bias, activation)
-    y = _launch_gemm(_flatten(x), values, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, split_k=split_k)
+    y = _launch_gemm(_flatten(x), values, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, split_k=split_k,
+                     config=config)
     return y.reshape(*x.shape[:-1], n)
 
 
-def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale, activation, split_k) -> torch.Tensor:
+def _int8_gemm(x, w, meta, n, w_scale, bias, x_scale, activation, split_k, config) -> torch.Tensor:
     x2d = _flatten(x)
     if x_scale is None:  # dynamic per-token scales: one fused absmax + quantize pass first
         x_codes, scales = quantize_rows(x2d)
         y = _launch_gemm(x_codes, w, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, w_scale=w_scale,
-                         x_scale=scales, split_k=split_k)
+                         x_scale=scales, split_k=split_k, config=config)
     else:  # given scales: x is quantized tile by tile inside the GEMM, no extra pass
         y = _launch_gemm(x2d, w, meta, n, out_dtype=x.dtype, bias=bias, activation=activation, w_scale=w_scale,
-                         x_scale=x_scale, quantize_x=True, split_k=split_k)
+                         x_scale=x_scale, quantize_x=True, split_k=split_k, config=config)
     return y.reshape(*x.shape[:-1], n)
 
 
-def int8_linear(x, w_q, w_scale, bias, x_scale, activation: str = "none", *, split_k: Optional[int] = None
-                ) -> torch.Tensor:
+def int8_linear(x, w_q, w_scale, bias, x_scale, activation: str = "none", *, split_k: Optional[int] = None,
+                config: Optional[triton.Config] = None) -> torch.Tensor:
     """W8A8 ``act((q(x) @ w_q^T) * s_x * s_w + bias)`` (DESIGN.md int8 contract).
 
     x [..., K] float16/bfloat16/float32; w_q int8 [N, K]; w_scale [N]; bias [N] or None;
     x_scale None (per-token dynamic), one element (static) or shape x.shape[:-1]; ``split_k``
-    as in ``sparse24_linear`` (any split gives the same bits: the int32 sums are exact).
+    and ``config`` as in ``sparse24_linear`` (any split gives the same bits: the int32 sums
+    are exact).
     """
     n = checks.check_int8_linear(x, w_q, w_scale, bias, x_scale, activation)
-    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale, activation, split_k)
+    return _int8_gemm(x, w_q, None, n, w_scale, bias, x_scale, activation, split_k, config)
 
 
 def sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation: str = "none", *,
-                         split_k: Optional[int] = None) -> torch.Tensor:
+                         split_k: Optional[int] = None, config: Optional[triton.Config] = None) -> torch.Tensor:
     """int8 GEMM with a 2:4 int8 weight: values_q int8 [N, K/2], meta uint8 [N, K/8]; else as int8_linear."""
     n = checks.check_sparse24_int8_linear(x, values_q, meta, w_scale, bias, x_scale, activation)
-    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale, activation, split_k)
+    return _int8_gemm(x, values_q, meta, n, w_scale, bias, x_scale, activation, split_k, config)
 
 
 # --------------------------------------------------------------------------------------------

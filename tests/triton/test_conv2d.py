@@ -154,3 +154,58 @@ def test_conv_int64_offsets(monkeypatch):
 
     monkeypatch.setattr(conv2d, "_span", lambda t: 2**31)
     _check(CASES[4], torch.float16, True, "gelu", bias=True, seed=9)
+
+
+# Every candidate config, forced (config=): autotuning runs them all but checks only the winner.
+def _conv_configs():
+    from sparsedm.kernels import conv2d
+
+    return list(conv2d._CONFIGS)
+
+
+def _conv_config_id(c):
+    kw = c.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}-w{c.num_warps}s{c.num_stages}"
+
+
+def _check_forced_config(config, case, dtype, channels_last, seed):
+    from sparsedm.kernels import conv2d
+
+    n, cin, h, wd, cout, kh, kw, stride, padding, dilation = case
+    x, w, values, meta, b = _problem(case, dtype, seed)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = conv2d.sparse24_conv2d(x, values, meta, b, list(w.shape), stride, padding, dilation, "silu", config=config)
+    expected = F.silu(F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation))
+    what = f"conv config {config.kwargs} {_case_id(case)} {dtype} cl={channels_last}"
+    assert y.is_contiguous(memory_format=conv_output_memory_format(x)), what
+    assert_close_rel(y, expected, TOLERANCES[dtype], what)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("config", _conv_configs(), ids=_conv_config_id)
+def test_every_conv_config_forced(config, channels_last):
+    """Cin = 40 (a channel-block tail for every BLOCK_K), Cout = 24 (an N tail), M = 2*7*7 = 98
+    (an M tail for every BLOCK_M), stride 1, padding 1."""
+    _check_forced_config(config, (2, 40, 7, 7, 24, 3, 3, (1, 1), (1, 1), (1, 1)), torch.float16, channels_last, seed=5)
+
+
+def test_forced_conv_config_errors():
+    from sparsedm.kernels import conv2d
+
+    triton = pytest.importorskip("triton")
+    x, w, values, meta, b = _problem(CASES[0], torch.float32, seed=3)
+    for kwargs in ({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, {"BLOCK_M": 32, "BLOCK_N": 24, "BLOCK_K": 16, "GROUP_M": 4}):
+        with pytest.raises(ops.OpArgumentError, match="config"):
+            conv2d.sparse24_conv2d(x, values, meta, b, list(w.shape), (1, 1), (1, 1), (1, 1), config=triton.Config(kwargs))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("config", _conv_configs(), ids=_conv_config_id)
+def test_gpu_every_conv_config_forced(config, channels_last):
+    """Each candidate compiled for the real GPU on a DDPM-like conv with tails in M (4 * 15 * 15
+    pixels), Cin (72: a partial channel block) and Cout (200); the GPU test stages run with
+    SPARSEDM_TRITON_AUTOTUNE=0, so this is where the other candidates run."""
+    for dtype in (torch.float16, torch.bfloat16):
+        _check_forced_config(config, (4, 72, 15, 15, 200, 3, 3, (1, 1), (1, 1), (1, 1)), dtype, channels_last, seed=11)

@@ -602,6 +602,118 @@ def test_every_autotuner_uses_the_short_timing():
 
 
 # ---------------------------------------------------------------------------------------------
+# Every candidate config, forced (config=), and SPARSEDM_TRITON_AUTOTUNE
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_configs():
+    """(list name, config, split_k) for every candidate of every list (the real lists, not the
+    interpreter's one config): autotuning runs them all but only checks the winner's output."""
+    from sparsedm.kernels import linear
+
+    out = [("small", c, 1) for c in linear._SMALL_M_CONFIGS] + [("large", c, 1) for c in linear._LARGE_M_CONFIGS]
+    return out + [("split-K", c, 3) for c in linear._SPLIT_K_CONFIGS]
+
+
+def _config_id(item):
+    name, c, _ = item
+    kw = c.kwargs
+    return f"{name}-{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}-w{c.num_warps}s{c.num_stages}"
+
+
+def _check_every_family_with_config(request, config, split_k, m, n, k, dtype):
+    """sparse24_linear, int8_linear and sparse24_int8_linear (dynamic and static x_scale), each
+    run with ``config`` forced, against the reference backend."""
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    w, values, meta = _sparse_weight(n, k, gen, dtype)
+    x = _randn(m, k, gen=gen, dtype=dtype)
+    bias = _randn(n, gen=gen, dtype=dtype)
+    what = f"config {config.kwargs} split_k={split_k} M={m} N={n} K={k} {dtype}"
+    y = linear.sparse24_linear(x, values, meta, bias, "gelu", split_k=split_k, config=config)
+    ref = ops.sparse24_linear(x, values, meta, bias, "gelu", backend="reference")
+    _assert_close(y, ref, *REF_TOL[dtype], f"sparse24_linear, {what}")
+    for sparse in (False, True):
+        w_q, w_scale = _int8_weight(n, k, sparse, gen)
+        for mode in ("dynamic", "static"):
+            x_scale = _x_scale(mode, x, gen)
+            if sparse:
+                values_q, meta_q = compress24(w_q)
+                y8 = linear.sparse24_int8_linear(x, values_q, meta_q, w_scale, bias, x_scale, split_k=split_k, config=config)
+            else:
+                y8 = linear.int8_linear(x, w_q, w_scale, bias, x_scale, split_k=split_k, config=config)
+            ref8 = _run_int8(sparse, x, w_q, w_scale, bias, x_scale)[1]
+            _assert_close(y8, ref8, *INT8_TOL[dtype], f"int8 sparse={sparse} {mode}, {what}")
+
+
+@pytest.mark.parametrize("item", _all_configs(), ids=_config_id)
+def test_every_config_forced(request, item):
+    """Each candidate's tile sizes cross the borders of this small problem: M, N and K tails."""
+    _, config, split_k = item
+    _check_every_family_with_config(request, config, split_k, m=37, n=72, k=264, dtype=torch.float16)
+
+
+def test_forced_config_errors(request):
+    from sparsedm.kernels import linear
+
+    gen = _gen(request)
+    _, values, meta = _sparse_weight(24, 40, gen)
+    x = _randn(3, 40, gen=gen)
+    bad = [
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32},  # GROUP_M missing
+        {"BLOCK_M": 16, "BLOCK_N": 48, "BLOCK_K": 32, "GROUP_M": 1},  # not a power of two
+        {"BLOCK_M": 8, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1},  # below tl.dot's 16
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match="config"):
+            linear.sparse24_linear(x, values, meta, None, "none", config=triton.Config(kwargs))
+    with pytest.raises(ValueError, match="triton.Config"):
+        linear.sparse24_linear(x, values, meta, None, "none", config={"BLOCK_M": 16})
+
+
+_AUTOTUNE_PROBE = """
+import json
+from sparsedm.kernels import conv2d, linear
+tuners = {name: len(getattr(linear, name).configs) for name in ("_linear_small_m", "_linear_large_m", "_linear_split_k")}
+bucket = conv2d.conv_configs(M=1 << 20, Cout=256, C=256)  # a bucket of several candidates
+pruned = conv2d._prune(conv2d._CONFIGS, {"M": 1 << 20, "Cout": 256, "C": 256})
+print(json.dumps({"tuners": tuners, "bucket": len(bucket), "pruned": len(pruned),
+                  "first": pruned[0].kwargs == bucket[0].kwargs}))
+"""
+
+
+@pytest.mark.parametrize("setting", ["1", "0", "unset", "yes"])
+def test_triton_autotune_setting(setting):
+    """SPARSEDM_TRITON_AUTOTUNE=0 builds every autotuner with its first candidate only (and the
+    conv's pruning keeps the bucket's first); 1 or unset keeps every candidate; anything else
+    is refused at import with the two values it takes. A fresh process, without the
+    interpreter (whose one small config would hide the lists)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sparsedm.kernels import linear
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SPARSEDM_TRITON_AUTOTUNE")}
+    if setting != "unset":
+        env["SPARSEDM_TRITON_AUTOTUNE"] = setting
+    proc = subprocess.run([sys.executable, "-c", _AUTOTUNE_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    if setting == "yes":
+        assert proc.returncode != 0 and "SPARSEDM_TRITON_AUTOTUNE='yes'" in proc.stderr, proc.stderr[-2000:]
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["bucket"] > 1 and got["first"], got
+    if setting == "0":
+        assert got["tuners"] == {"_linear_small_m": 1, "_linear_large_m": 1, "_linear_split_k": 1} and got["pruned"] == 1, got
+    else:
+        assert got["tuners"] == {"_linear_small_m": len(linear._SMALL_M_CONFIGS), "_linear_large_m": len(linear._LARGE_M_CONFIGS),
+                                 "_linear_split_k": len(linear._SPLIT_K_CONFIGS)}, got
+        assert got["pruned"] == got["bucket"], got
+
+# ---------------------------------------------------------------------------------------------
 # GPU: real U-ViT shapes
 # ---------------------------------------------------------------------------------------------
 
@@ -656,3 +768,15 @@ def test_gpu_forced_split_k(request, monkeypatch, k, n, m, split):
         assert torch.equal(y8, run(1)), f"int8 sparse={sparse} split_k={split} differs from the unsplit GEMM"
         ref8 = _run_int8(sparse, x, w_q, w_scale, bias, None)[1]
         _assert_close(y8, ref8, *INT8_TOL[torch.float16], f"int8 sparse={sparse} split_k={split} M={m} K={k} N={n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("item", _all_configs(), ids=_config_id)
+def test_gpu_every_config_forced(request, item, dtype):
+    """Every candidate compiled for the real GPU, on a shape with M, N and K tails (M = 65 * 5
+    U-ViT tokens; M = 5 for the small-M and split-K lists): the GPU test stages run with
+    SPARSEDM_TRITON_AUTOTUNE=0, so this is where the other candidates run."""
+    name, config, split_k = item
+    m = 5 if name in ("small", "split-K") else 65 * 5
+    _check_every_family_with_config(request, config, split_k, m=m, n=1000, k=1032, dtype=dtype)
