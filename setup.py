@@ -9,7 +9,9 @@ The compiled extension ``sparsedm._C`` (csrc/) needs torch at build time, so ins
   version equals torch's CUDA major version; otherwise CPU-only, saying why.
 
 Without torch in the build environment the package installs without ``_C`` (reference and
-Triton paths only) and says so.
+Triton paths only) and says so. ``SPARSEDM_BUILD_EXT=0`` installs the Python package alone
+and compiles nothing: an editable install then uses whatever ``sparsedm/_C*.so`` the tree
+already holds (one built earlier, or elsewhere by bench/prebuild_extension.sh).
 """
 
 from __future__ import annotations
@@ -105,6 +107,13 @@ def write_build_config(path, build_cuda, why, archs):
 
 
 def extensions():
+    if os.environ.get("SPARSEDM_BUILD_EXT", "1").strip() == "0":
+        prebuilt = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "sparsedm", "_C*.so")))
+        say(
+            "SPARSEDM_BUILD_EXT=0: installing the Python package only, compiling nothing; sparsedm._C is "
+            + (f"the file already in sparsedm/ ({', '.join(prebuilt)})" if prebuilt else "absent (none in sparsedm/)")
+        )
+        return [], {}
     try:
         import torch
         from torch.utils import cpp_extension

@@ -4,15 +4,22 @@
 # benchmarks. Installs nothing from the network (torch, triton and nvcc must be there).
 #
 #   bash bench/gpu_suite.sh [STAGE ...]     stages: build test-cuda test-triton test-rest
-#                                            sanitizer bench-kernels bench-models
+#                                            test-all sanitizer bench-kernels bench-models
 #                                            test (= the three test stages + sanitizer)
 #                                            bench (= both bench stages), all (default)
+#                                            quick (one call of about 9 minutes, below)
 #
 # Each step runs under `timeout $STEP_TIMEOUT` (default 540 s) so that a step that hangs
 # still leaves its log; SUITE_BUDGET caps the whole call (below). Stages can go in separate
-# calls of a 10-minute command limit: the build is reused when the extension already has its
-# CUDA ops and is newer than the sources, and Triton's cache lives in .triton-cache/ inside
-# the checkout.
+# calls of a 10-minute command limit: the build is reused when bench/ext_stamp.py says it was
+# made from these sources for this torch and GPU (also a build made on another machine by
+# bench/prebuild_extension.sh), and Triton's cache lives in .triton-cache/ inside the checkout.
+#
+# `quick` fits the whole validation into one call of SUITE_BUDGET (default 540 s here): the
+# build (reused if prebuilt), every GPU test in one parallel pytest run (test-all, at most
+# QUICK_TEST_S = 200 s), the kernel benchmarks on the tables the speed targets read (at most
+# QUICK_BENCH_S = 150 s), the model benchmarks of the targets (QUICK_MODEL_S = 100 s) and
+# compute-sanitizer memcheck with what is left.
 #
 # Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels-<op>.{json,csv,md,png},
 # ...-model-<preset>.*, ...-junit-<stage>.xml for the test stages, and gpu_suite.log.
@@ -31,7 +38,20 @@ export SPARSEDM_CUDA=1  # a CPU-only build here would make every cuda test skip:
 export SPARSEDM_REQUIRE_BACKENDS=1  # GPU tests fail, not skip, when a backend cannot run
 status=0
 STAGES="${*:-all}"
-want() { for s in $STAGES; do case "$s" in all|"$1") return 0;; test) case "$1" in test-*|sanitizer) return 0;; esac;; bench) case "$1" in bench-*) return 0;; esac;; esac; done; return 1; }
+QUICK=0
+case " $STAGES " in *" quick "*) QUICK=1; SUITE_BUDGET="${SUITE_BUDGET:-540}";; esac
+want() {
+  for s in $STAGES; do
+    case "$s" in
+      "$1") return 0;;
+      all) case "$1" in test-all) ;; *) return 0;; esac;;
+      test) case "$1" in test-cuda|test-triton|test-rest|sanitizer) return 0;; esac;;
+      bench) case "$1" in bench-*) return 0;; esac;;
+      quick) case "$1" in test-all|bench-*|sanitizer) return 0;; esac;;
+    esac
+  done
+  return 1
+}
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 # SUITE_BUDGET (seconds, 0 = none): the whole call's time. Each step's limit is cut to what is
 # left of it, so a runner that kills the call at a fixed time (a 10-minute command limit) finds
@@ -39,8 +59,11 @@ step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 # still writes the rows it measured, marked partial.
 SUITE_BUDGET="${SUITE_BUDGET:-0}"
 SUITE_START=$(date +%s)
+# run [--cap SECONDS] CMD...: CMD under timeout, its limit the smallest of STEP_TIMEOUT, the
+# cap and what is left of SUITE_BUDGET.
 run() {
   local limit="$STEP_TIMEOUT"
+  if [ "${1:-}" = --cap ]; then [ "$2" -lt "$limit" ] && limit="$2"; shift 2; fi
   if [ "$SUITE_BUDGET" -gt 0 ]; then
     local left=$((SUITE_BUDGET - ($(date +%s) - SUITE_START) - 15))
     if [ "$left" -lt 20 ]; then echo "!!! skipped (SUITE_BUDGET spent): $*"; status=1; return; fi
@@ -62,29 +85,24 @@ STEM="$("$PY" -c "from sparsedm.bench.environment import header; from sparsedm.b
 echo "result files: $OUT/${STEM}*"
 
 have_cuda_ops() {
-  "$PY" - <<'PY'
-import glob, os, sys
-import torch
-try:
-    import sparsedm._C  # noqa: F401
-except ImportError:
-    sys.exit(1)
-if not hasattr(torch.ops.sparsedm, "_cuda_sparse24_gemm"):
-    sys.exit(1)
-so = max(glob.glob("sparsedm/_C*.so"), key=os.path.getmtime, default=None)
-sources = [p for pat in ("csrc/**/*", "kernels/cuda/*") for p in glob.glob(pat, recursive=True) if os.path.isfile(p)]
-sys.exit(0 if so and os.path.getmtime(so) >= max(os.path.getmtime(p) for p in sources) else 1)
-PY
+  "$PY" -c "import sys, torch, sparsedm._C; sys.exit(0 if hasattr(torch.ops.sparsedm, '_cuda_sparse24_gemm') else 1)" 2>/dev/null
 }
 
 step "build"
-if have_cuda_ops; then
-  echo "sparsedm._C with CUDA ops is up to date; not rebuilding"
+# The editable install maps sparsedm.kernels to kernels/triton (the Triton backend), so it runs
+# either way. The extension is reused when bench/ext_stamp.py says it was built from these
+# sources, for this torch and GPU (by an earlier call here, or elsewhere by
+# bench/prebuild_extension.sh): SPARSEDM_BUILD_EXT=0 then compiles nothing. Else it says why not.
+if "$PY" bench/ext_stamp.py check; then
+  SPARSEDM_BUILD_EXT=0 run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
 else
   # Only the GPU at hand: a suite run is about this machine, and one arch builds 4x faster.
   TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")"
   export TORCH_CUDA_ARCH_LIST MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-  run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
+  rm -f sparsedm/_C.stamp
+  if run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
+    "$PY" bench/ext_stamp.py write --archs "$TORCH_CUDA_ARCH_LIST" || true
+  fi
 fi
 if ! have_cuda_ops; then
   echo "!!! sparsedm._C has no CUDA ops after the build: the cuda backend cannot be tested"
@@ -95,44 +113,83 @@ fi
 # One line per test (-v), so a stage killed by its timeout still shows which tests ran and how
 # they ended; a junit XML per stage is the GPU run's record of every test (committed with the
 # results); the slowest tests are listed to see where a stage's time went.
+# SPARSEDM_TRITON_AUTOTUNE=0: the Triton kernels run the first candidate config of each shape
+# bucket instead of compiling and timing every one (tests/triton's test_gpu_every_config_forced
+# runs each candidate on its own). With pytest-xdist, TEST_WORKERS processes share the GPU
+# (compiling Triton kernels is CPU work); with pytest-timeout, a test that hangs past
+# TEST_TIMEOUT seconds fails alone instead of stalling the stage.
+TEST_WORKERS="${TEST_WORKERS:-8}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-180}"
 gpu_tests() {
-  local name="$1"; shift
-  run "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
-    --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
+  local cap="$1" name="$2"; shift 2
+  local extra=()
+  if [ "$TEST_WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then extra+=(-n "$TEST_WORKERS"); fi
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout "$TEST_TIMEOUT"); fi
+  SPARSEDM_TRITON_AUTOTUNE=0 run --cap "$cap" "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
+    ${extra[@]+"${extra[@]}"} --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
 }
+NO_CAP="$STEP_TIMEOUT"
+if want test-all; then
+  step "GPU tests: all of them in one run"
+  gpu_tests "$([ $QUICK = 1 ] && echo "${QUICK_TEST_S:-200}" || echo "$NO_CAP")" all tests
+fi
 if want test-cuda; then
   step "GPU tests: CUDA kernels"
-  gpu_tests cuda tests/cuda
+  gpu_tests "$NO_CAP" cuda tests/cuda
 fi
 if want test-triton; then
   step "GPU tests: Triton kernels"
-  gpu_tests triton tests/triton
+  gpu_tests "$NO_CAP" triton tests/triton
 fi
 if want test-rest; then
   step "GPU tests: runtime, sampling, the rest"
-  gpu_tests rest tests --ignore=tests/cuda --ignore=tests/triton
+  gpu_tests "$NO_CAP" rest tests --ignore=tests/cuda --ignore=tests/triton
+fi
+# The kernel benchmarks: every table, or in quick mode the tables the speed targets read
+# (sparsedm/bench/targets.py), each op family's cap a share of QUICK_BENCH_S.
+kernel_bench() {
+  local op="$1" share="$2" tables="$3"
+  local args=(--op "$op" --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT")
+  if [ $QUICK = 1 ]; then
+    run --cap $(( ${QUICK_BENCH_S:-150} * share / 100 )) "$PY" -m sparsedm bench kernels "${args[@]}" --shapes "$tables"
+  else
+    run "$PY" -m sparsedm bench kernels "${args[@]}"
+  fi
+}
+if want bench-kernels; then
+  step "kernel benchmarks, one run per op family"
+  for op in ${BENCH_OPS:-linear int8 sparse-int8 conv}; do
+    case "$op" in
+      linear) kernel_bench linear 40 square,small-m,uvit-l2;;
+      int8) kernel_bench int8 15 square;;
+      sparse-int8) kernel_bench sparse-int8 15 square;;
+      conv) kernel_bench conv 30 ddpm-unet,sd15-unet;;
+      *) kernel_bench "$op" 25 "";;
+    esac
+  done
+fi
+if want bench-models; then
+  step "model benchmarks"
+  if [ $QUICK = 1 ]; then
+    run --cap $(( ${QUICK_MODEL_S:-100} / 2 )) "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
+    run --cap $(( ${QUICK_MODEL_S:-100} / 2 )) "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --channels-last --variants dense,sparse --out "$OUT"
+  else
+    run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
+    run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --out "$OUT"  # images/s without graphs
+    run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --channels-last --out "$OUT"
+  fi
 fi
 if want sanitizer; then
-  step "compute-sanitizer (memcheck, racecheck, synccheck) on small calls of every op and backend"
+  step "compute-sanitizer on small calls of every op and backend"
   if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck synccheck; do
+    tools="memcheck racecheck synccheck"
+    [ $QUICK = 1 ] && tools="memcheck"
+    for tool in $tools; do
       run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
     done
   else
     echo "compute-sanitizer not found; skipped"
   fi
-fi
-if want bench-kernels; then
-  step "kernel benchmarks (all shape tables), one run per op family"
-  for op in ${BENCH_OPS:-linear int8 sparse-int8 conv}; do
-    run "$PY" -m sparsedm bench kernels --op "$op" --reps "${REPS:-30}" --warmup "${WARMUP:-5}" --out "$OUT"
-  done
-fi
-if want bench-models; then
-  step "model benchmarks"
-  run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
-  run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --out "$OUT"  # images/s without graphs
-  run "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --channels-last --out "$OUT"
 fi
 
 if want bench-kernels || want bench-models; then

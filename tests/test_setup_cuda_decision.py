@@ -79,3 +79,11 @@ def test_real_nvcc_is_parsed_when_present(setup_module):
         pytest.skip("no nvcc under CUDA_HOME")
     version = setup_module.nvcc_version(cuda_home)
     assert version is not None and version[0] >= 11
+
+
+def test_build_ext_0_compiles_nothing(setup_module, monkeypatch, capsys):
+    """SPARSEDM_BUILD_EXT=0: no extension module at all (an editable install keeps the .so in
+    the tree, e.g. one bench/prebuild_extension.sh made), and it says which file that is."""
+    monkeypatch.setenv("SPARSEDM_BUILD_EXT", "0")
+    assert setup_module.extensions() == ([], {})
+    assert "SPARSEDM_BUILD_EXT=0: installing the Python package only" in capsys.readouterr().err
