@@ -124,7 +124,8 @@ gpu_tests() {
   local cap="$1" name="$2"; shift 2
   local extra=()
   if [ "$TEST_WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then extra+=(-n "$TEST_WORKERS"); fi
-  if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout "$TEST_TIMEOUT"); fi
+  # thread method: a test stuck inside a CUDA call never returns to Python for a signal to act
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout "$TEST_TIMEOUT" -o timeout_method=thread); fi
   SPARSEDM_TRITON_AUTOTUNE=0 run --cap "$cap" "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
     ${extra[@]+"${extra[@]}"} --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
 }

@@ -99,6 +99,9 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     install = calls[_index(calls, "-m pip install")]
     assert "BUILD_EXT=unset " in install, install  # the stamp check failed: a real build
     assert f"--junitxml={suite.out}/{STEM}junit-all.xml" in tests[0]
+    # xdist and pytest-timeout are "installed" (the stand-in imports anything): 8 workers, and
+    # a per-test limit that also ends a test stuck inside a CUDA call (thread method)
+    assert " -n 8 " in tests[0] and " --timeout 180 -o timeout_method=thread " in tests[0], tests[0]
     # the benchmarks tune for real, on the tables the speed targets read
     benches = [c for c in calls if "bench kernels" in c or "bench model" in c]
     assert benches and all(c.startswith("AUTOTUNE=unset BUILD_EXT=unset ") for c in benches), benches
