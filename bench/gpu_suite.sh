@@ -3,7 +3,7 @@
 # kernels under compute-sanitizer, the kernel benchmarks on every shape table and the model
 # benchmarks. Installs nothing from the network (torch, triton and nvcc must be there).
 #
-#   bash bench/gpu_suite.sh [STAGE ...]     stages: build test-cuda test-triton test-rest
+#   bash bench/gpu_suite.sh [STAGE ...]     stages: build probe test-cuda test-triton test-rest
 #                                            test-all sanitizer bench-kernels bench-models
 #                                            test (= the three test stages + sanitizer)
 #                                            bench (= both bench stages), all (default)
@@ -16,7 +16,7 @@
 # bench/prebuild_extension.sh), and Triton's cache lives in .triton-cache/ inside the checkout.
 #
 # `quick` fits the whole validation into one call of SUITE_BUDGET (default 540 s here): the
-# build (reused if prebuilt), every GPU test in one parallel pytest run (test-all, at most
+# build (reused if prebuilt), the tensor-core instruction probe, every GPU test in one parallel pytest run (test-all, at most
 # QUICK_TEST_S = 200 s), the kernel benchmarks on the tables the speed targets read (at most
 # QUICK_BENCH_S = 150 s), the model benchmarks of the targets (QUICK_MODEL_S = 100 s) and
 # compute-sanitizer memcheck with what is left.
@@ -47,7 +47,7 @@ want() {
       all) case "$1" in test-all) ;; *) return 0;; esac;;
       test) case "$1" in test-cuda|test-triton|test-rest|sanitizer) return 0;; esac;;
       bench) case "$1" in bench-*) return 0;; esac;;
-      quick) case "$1" in test-all|bench-*|sanitizer) return 0;; esac;;
+      quick) case "$1" in probe|test-all|bench-*|sanitizer) return 0;; esac;;
     esac
   done
   return 1
@@ -129,6 +129,22 @@ gpu_tests() {
   SPARSEDM_TRITON_AUTOTUNE=0 run --cap "$cap" "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
     ${extra[@]+"${extra[@]}"} --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
 }
+# Each tensor-core instruction of the kernels, alone on one warp, against the PTX-table
+# emulator the fragment maps were built on (bench/mma_probe.cu): seconds, and where a kernel
+# test fails it says whether the instruction's operand map is the cause (and which B register
+# order would fix it). Raw operands and results: ...-mma-probe.json.
+if want probe; then
+  step "tensor-core instruction probe (bench/mma_probe.cu)"
+  arch="$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability(0))")"
+  mkdir -p build && rm -f build/mma_probe
+  run --cap 120 nvcc -std=c++17 -O2 -arch="sm_$arch" -I kernels/cuda -I tests/cpp bench/mma_probe.cu -o build/mma_probe
+  if [ -x build/mma_probe ]; then
+    run --cap 60 build/mma_probe "$OUT/${STEM}mma-probe.json"
+  else
+    echo "!!! the probe did not build"; status=1
+  fi
+fi
+
 NO_CAP="$STEP_TIMEOUT"
 if want test-all; then
   step "GPU tests: all of them in one run"

@@ -25,6 +25,7 @@ FAKE_PY = r"""#!/usr/bin/env bash
 echo "AUTOTUNE=${SPARSEDM_TRITON_AUTOTUNE:-unset} BUILD_EXT=${SPARSEDM_BUILD_EXT:-unset} $*" >> "$FAKE_LOG"
 case "$*" in
   *results_stem*) echo "__STEM__";;
+  *get_device_capability*) echo 90;;
   "bench/ext_stamp.py check") [ -n "${FAKE_PREBUILT:-}" ] && exit 0; echo "must be (re)built: fake"; exit 1;;
   *"-m pytest"*)
     for a in "$@"; do case "$a" in --junitxml=*) echo "<testsuites/>" > "${a#--junitxml=}";; esac; done
@@ -54,8 +55,13 @@ def suite(tmp_path):
     tools.mkdir()
     py = tools / "fakepython"
     py.write_text(FAKE_PY)
-    for name in ("nvidia-smi", "nvcc", "compute-sanitizer"):
+    for name in ("nvidia-smi", "compute-sanitizer"):
         (tools / name).write_text(f'#!/usr/bin/env bash\necho "TOOL {name} $*" >> "$FAKE_LOG"\nexit 0\n')
+    # nvcc "builds" the probe: a script at its -o path that logs its run
+    (tools / "nvcc").write_text(
+        '#!/usr/bin/env bash\necho "TOOL nvcc $*" >> "$FAKE_LOG"\nprev=""\n'
+        'for a in "$@"; do if [ "$prev" = -o ]; then printf \'#!/usr/bin/env bash\\necho "TOOL probe $*" >> "$FAKE_LOG"\\n\' > "$a"; '
+        'chmod +x "$a"; fi; prev="$a"; done\nexit 0\n')
     for f in tools.iterdir():
         f.chmod(0o755)
     out = tmp_path / "out"
@@ -88,7 +94,7 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     order = [
         _index(calls, "ext_stamp.py check"), _index(calls, "-m pip install"), _index(calls, "ext_stamp.py write"),
-        _index(calls, "-m pytest"), _index(calls, "--op linear"), _index(calls, "--op int8"),
+        _index(calls, "TOOL nvcc -std"), _index(calls, "TOOL probe"), _index(calls, "-m pytest"), _index(calls, "--op linear"), _index(calls, "--op int8"),
         _index(calls, "--op sparse-int8"), _index(calls, "--op conv"), _index(calls, "--preset uvit-s2-cifar10"),
         _index(calls, "--preset ddpm-unet-cifar10"), _index(calls, "TOOL compute-sanitizer"), _index(calls, "bench targets"),
     ]
@@ -109,6 +115,7 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     assert "--shapes ddpm-unet,sd15-unet" in calls[_index(calls, "--op conv")]
     sanitizer = [c for c in calls if "TOOL compute-sanitizer" in c]
     assert len(sanitizer) == 1 and "--tool memcheck" in sanitizer[0], sanitizer
+    assert "-arch=sm_90 " in calls[_index(calls, "TOOL nvcc -std")] and f"{STEM}mma-probe.json" in calls[_index(calls, "TOOL probe")]
     # the result files are packed (more than six), the log stays beside the archive
     archives = sorted(p for p in os.listdir(suite.out) if p.endswith(".tar.gz"))
     assert len(archives) == 1, os.listdir(suite.out)
