@@ -31,6 +31,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_suite.log"
 exec > >(tee -a "$LOG") 2>&1
 PY="${PYTHON:-python3}"
+NVCC="${NVCC:-$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-540}"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton-cache}"
@@ -75,7 +76,7 @@ run() {
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
-nvcc --version | tail -2
+"$NVCC" --version | tail -2
 # A copy of the tree without .git names its commit: SPARSEDM_COMMIT=<short hash> bash bench/gpu_suite.sh
 if [ -z "${SPARSEDM_COMMIT:-}" ] && ! git rev-parse HEAD 2>/dev/null; then
   echo "!!! not a git checkout and SPARSEDM_COMMIT is unset: result files will say 'nocommit'"
@@ -137,7 +138,7 @@ if want probe; then
   step "tensor-core instruction probe (bench/mma_probe.cu)"
   arch="$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability(0))")"
   mkdir -p build && rm -f build/mma_probe
-  run --cap 120 nvcc -std=c++17 -O2 -arch="sm_$arch" -I kernels/cuda -I tests/cpp bench/mma_probe.cu -o build/mma_probe
+  run --cap 120 "$NVCC" -std=c++17 -O2 -arch="sm_$arch" -I kernels/cuda -I tests/cpp bench/mma_probe.cu -o build/mma_probe
   if [ -x build/mma_probe ]; then
     run --cap 60 build/mma_probe "$OUT/${STEM}mma-probe.json"
   else
