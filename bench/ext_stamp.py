@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +78,8 @@ def check(cuda_ops_problem=_cuda_ops_problem) -> str | None:
         return "the sources (csrc/, kernels/cuda/, setup.py) changed since the build"
     if torch.cuda.is_available():
         cap = "%d.%d" % torch.cuda.get_device_capability(0)
-        if cap not in str(doc.get("archs", "")).replace(",", ";").split(";"):
+        # TORCH_CUDA_ARCH_LIST spellings: "8.0;9.0", "8.0 9.0", "9.0+PTX", "9.0a"
+        if cap not in {f"{a}.{b}" for a, b in re.findall(r"(\d+)\.(\d+)", str(doc.get("archs", "")))}:
             return f"built for archs {doc.get('archs')}, this GPU is sm {cap}"
     return None
 

@@ -26,6 +26,14 @@
 # Where the tree is a copy without .git, set SPARSEDM_COMMIT to the commit it was copied from.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+STAGES="${*:-all}"
+for s in $STAGES; do
+  case "$s" in
+    all|quick|test|bench|build|probe|test-all|test-cuda|test-triton|test-rest|sanitizer|bench-kernels|bench-models) ;;
+    *) echo "gpu_suite.sh: unknown stage '$s' (stages: build probe test-all test-cuda test-triton test-rest sanitizer" \
+            "bench-kernels bench-models; groups: test bench all quick)" >&2; exit 2;;
+  esac
+done
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_suite.log"
@@ -37,8 +45,8 @@ export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton-cache}"
 export SPARSEDM_CUDA=1  # a CPU-only build here would make every cuda test skip: fail instead
 export SPARSEDM_REQUIRE_BACKENDS=1  # GPU tests fail, not skip, when a backend cannot run
+unset SPARSEDM_TRITON_AUTOTUNE  # the benchmarks tune; the test stages set it to 0 themselves
 status=0
-STAGES="${*:-all}"
 QUICK=0
 case " $STAGES " in *" quick "*) QUICK=1; SUITE_BUDGET="${SUITE_BUDGET:-540}";; esac
 want() {
@@ -60,17 +68,24 @@ step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 # still writes the rows it measured, marked partial.
 SUITE_BUDGET="${SUITE_BUDGET:-0}"
 SUITE_START=$(date +%s)
-# run [--cap SECONDS] CMD...: CMD under timeout, its limit the smallest of STEP_TIMEOUT, the
-# cap and what is left of SUITE_BUDGET.
+# run [--cap SECONDS] [--int] CMD...: CMD under timeout, its limit the smallest of
+# STEP_TIMEOUT, the cap and what is left of SUITE_BUDGET; --int stops it with SIGINT instead
+# of SIGTERM (pytest then still writes its junit file). Returns CMD's exit status, or 1 when
+# the budget left no time for it; a failure sets the suite's status, a step the budget skips
+# is listed at the end (a run cut short by its budget is not a failed run).
+NOT_RUN=()
 run() {
-  local limit="$STEP_TIMEOUT"
+  local limit="$STEP_TIMEOUT" signal=TERM rc=0
   if [ "${1:-}" = --cap ]; then [ "$2" -lt "$limit" ] && limit="$2"; shift 2; fi
+  if [ "${1:-}" = --int ]; then signal=INT; shift; fi
   if [ "$SUITE_BUDGET" -gt 0 ]; then
     local left=$((SUITE_BUDGET - ($(date +%s) - SUITE_START) - 15))
-    if [ "$left" -lt 20 ]; then echo "!!! skipped (SUITE_BUDGET spent): $*"; status=1; return; fi
+    if [ "$left" -lt 20 ]; then echo "!!! skipped (SUITE_BUDGET spent): $*"; NOT_RUN+=("$*"); return 1; fi
     [ "$left" -lt "$limit" ] && limit="$left"
   fi
-  timeout -k 10 "$limit" "$@" || { rc=$?; echo "!!! failed (exit $rc): $*"; status=1; }
+  timeout -s "$signal" -k 10 "$limit" "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then echo "!!! failed (exit $rc): $*"; status=1; fi
+  return "$rc"
 }
 
 step "environment"
@@ -101,7 +116,7 @@ else
   TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")"
   export TORCH_CUDA_ARCH_LIST MAX_JOBS="${MAX_JOBS:-$(nproc)}"
   rm -f sparsedm/_C.stamp
-  if run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
+  if SPARSEDM_BUILD_EXT=1 run "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
     "$PY" bench/ext_stamp.py write --archs "$TORCH_CUDA_ARCH_LIST" || true
   fi
 fi
@@ -124,10 +139,13 @@ TEST_TIMEOUT="${TEST_TIMEOUT:-180}"
 gpu_tests() {
   local cap="$1" name="$2"; shift 2
   local extra=()
-  if [ "$TEST_WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then extra+=(-n "$TEST_WORKERS"); fi
-  # thread method: a test stuck inside a CUDA call never returns to Python for a signal to act
-  if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout "$TEST_TIMEOUT" -o timeout_method=thread); fi
-  SPARSEDM_TRITON_AUTOTUNE=0 run --cap "$cap" "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
+  # The per-test limit needs xdist: its thread method ends the process of a test stuck inside a
+  # CUDA call (no signal handler runs there), and only xdist replaces that process and goes on.
+  if [ "$TEST_WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then
+    extra+=(-n "$TEST_WORKERS")
+    if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout "$TEST_TIMEOUT" -o timeout_method=thread); fi
+  fi
+  SPARSEDM_TRITON_AUTOTUNE=0 run --cap "$cap" --int "$PY" -m pytest -m gpu -v --tb=short -rfEs --durations=15 -p no:cacheprovider \
     ${extra[@]+"${extra[@]}"} --junitxml="$OUT/${STEM}junit-$name.xml" "$@"
 }
 # Each tensor-core instruction of the kernels, alone on one warp, against the PTX-table
@@ -138,11 +156,8 @@ if want probe; then
   step "tensor-core instruction probe (bench/mma_probe.cu)"
   arch="$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability(0))")"
   mkdir -p build && rm -f build/mma_probe
-  run --cap 120 "$NVCC" -std=c++17 -O2 -arch="sm_$arch" -I kernels/cuda -I tests/cpp bench/mma_probe.cu -o build/mma_probe
-  if [ -x build/mma_probe ]; then
+  if run --cap 120 "$NVCC" -std=c++17 -O2 -arch="sm_$arch" -I kernels/cuda -I tests/cpp bench/mma_probe.cu -o build/mma_probe; then
     run --cap 60 build/mma_probe "$OUT/${STEM}mma-probe.json"
-  else
-    echo "!!! the probe did not build"; status=1
   fi
 fi
 
@@ -210,23 +225,39 @@ if want sanitizer; then
   fi
 fi
 
+# A run that crossed midnight (UTC) names its later files with the new date: both stems count.
+STEM_END="$("$PY" -c "from sparsedm.bench.environment import header; from sparsedm.bench.report import results_stem; print(results_stem(header('cuda'), ''))" 2>/dev/null || echo "$STEM")"
+STEMS="$STEM"
+[ "$STEM_END" != "$STEM" ] && STEMS="$STEM $STEM_END"
 if want bench-kernels || want bench-models; then
   step "speed targets (sparsedm bench targets) over this run's results"
   # this run's files only: $OUT may hold other GPUs' and commits' results (bench/results/)
-  "$PY" -m sparsedm bench targets "$OUT/${STEM}"*.json --out "$OUT/${STEM}targets.md" || true
+  jsons=()
+  for st in $STEMS; do for f in "$OUT/${st}"*.json; do [ -f "$f" ] && jsons+=("$f"); done; done
+  if [ ${#jsons[@]} -gt 0 ]; then
+    "$PY" -m sparsedm bench targets "${jsons[@]}" --out "$OUT/${STEM}targets.md" || true
+  else
+    echo "no results files to check"
+  fi
 fi
 
 step "done: exit status $status; files in $OUT"
+if [ ${#NOT_RUN[@]} -gt 0 ]; then
+  echo "not run, the budget (SUITE_BUDGET=$SUITE_BUDGET) was spent:"
+  for c in "${NOT_RUN[@]}"; do echo "  $c"; done
+fi
 ls -la "$OUT"
 # Some runners return only a handful of files from $OUT (the device tool: 8). When there are
 # more, this run's result files (those named ${STEM}*; nothing else in $OUT, such as committed
 # results or bench/results/README.md) go into one archive beside the log (PACK=0 keeps them loose).
-n_files=$(find "$OUT" -maxdepth 1 -type f -name "${STEM}*" | wc -l)
+names=()
+for st in $STEMS; do names+=(-o -name "${st}*"); done
+find_run_files() { find "$OUT" -maxdepth 1 -type f \( "${names[@]:1}" \) "$@"; }
+n_files=$(find_run_files | wc -l)
 if [ "${PACK:-auto}" != 0 ] && [ "$n_files" -gt 0 ] && { [ "${PACK:-auto}" = 1 ] || [ "$n_files" -gt 6 ]; }; then
   archive="results-$(date -u +%Y%m%d-%H%M%S).tar.gz"
-  (cd "$OUT" && find . -maxdepth 1 -type f -name "${STEM}*" -printf '%f\n' | tar czf "$archive" -T - \
-     && find . -maxdepth 1 -type f -name "${STEM}*" -delete)
-  echo "packed $n_files result files into $OUT/$archive (tar xzf it into bench/results/)"
+  find_run_files -printf '%f\n' | (cd "$OUT" && tar czf "$archive" -T -) && find_run_files -delete
+  echo "packed $n_files result files into $OUT/$archive (python bench/ingest_results.py takes it)"
 fi
 sync
 exit $status

@@ -33,7 +33,7 @@ from sparsedm.bench import targets  # noqa: E402
 
 BEGIN, END = "<!-- latest-numbers:begin -->", "<!-- latest-numbers:end -->"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-STEM = re.compile(r"^(.+?-\d{4}-\d{2}-\d{2}-[A-Za-z0-9]+-)")
+STEM = re.compile(r"^(.+?-\d{4}-\d{2}-\d{2}-[A-Za-z0-9]+(?:-dirty)?-)")
 
 
 class IngestError(Exception):
@@ -41,17 +41,19 @@ class IngestError(Exception):
 
 
 def _collect(paths: list[str], scratch: str) -> list[str]:
-    """Every file named by ``paths`` (archives unpacked into ``scratch``), flat."""
+    """Every file named by ``paths`` (each archive unpacked into a folder of its own under
+    ``scratch``), flat."""
     files = []
     for p in paths:
         if os.path.isdir(p):
             files += _collect(sorted(os.path.join(p, f) for f in os.listdir(p)), scratch)
         elif p.endswith(".tar.gz"):
+            into = tempfile.mkdtemp(dir=scratch)
             with tarfile.open(p) as tar:
                 for m in tar.getmembers():
                     if not m.isfile() or not SAFE_NAME.match(m.name):
                         raise IngestError(f"{p}: member {m.name!r} is not a plain file with a plain name; refusing the archive")
-                    dest = os.path.join(scratch, m.name)
+                    dest = os.path.join(into, m.name)
                     with tar.extractfile(m) as src, open(dest, "wb") as out:
                         shutil.copyfileobj(src, out)
                     files.append(dest)
@@ -62,38 +64,37 @@ def _collect(paths: list[str], scratch: str) -> list[str]:
     return files
 
 
-def ingest(paths: list[str], results: str, dry_run: bool = False) -> tuple[str, list[str]]:
-    """Copy the run's files into ``results``; returns (stem, the paths in ``results``)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        files = _collect(paths, scratch)
-        named = [f for f in files if os.path.basename(f) != "gpu_suite.log"]
-        stems = {m.group(1) for f in named if (m := STEM.match(os.path.basename(f)))}
-        if not stems:
-            raise IngestError("no result files (<gpu>-<date>-<commit>-...) among the inputs")
-        if len(stems) > 1:
-            raise IngestError(f"files of several runs ({', '.join(sorted(stems))}): ingest one run at a time")
-        stem = stems.pop()
-        plan = []
-        for f in files:
-            name = os.path.basename(f)
-            if name == "gpu_suite.log":
-                name = stem + "gpu_suite.log"
-            elif not name.startswith(stem):
-                continue  # not this run's (e.g. bench/results/README.md of a copied folder)
-            if not SAFE_NAME.match(name):
-                raise IngestError(f"{name!r}: not a plain file name")
-            dest = os.path.join(results, name)
-            with open(f, "rb") as fh:
-                data = fh.read()
-            if os.path.exists(dest):
-                with open(dest, "rb") as fh:
-                    if fh.read() != data:
-                        raise IngestError(f"{dest} exists with other contents: move it away first (nothing was written)")
-            plan.append((dest, data))
-        if not dry_run:
-            for dest, data in plan:
-                write_atomic(dest, data)
-        return stem, sorted(dest for dest, _ in plan)
+def plan(paths: list[str], results: str, scratch: str) -> tuple[str, dict[str, bytes]]:
+    """This run's stem and {destination in ``results``: contents}, checked: one run only, two
+    inputs of one name must be identical, an existing file must be identical."""
+    files = _collect(paths, scratch)
+    named = [f for f in files if os.path.basename(f) != "gpu_suite.log"]
+    stems = {m.group(1) for f in named if (m := STEM.match(os.path.basename(f)))}
+    if not stems:
+        raise IngestError("no result files (<gpu>-<date>-<commit>-...) among the inputs")
+    if len(stems) > 1:
+        raise IngestError(f"files of several runs ({', '.join(sorted(stems))}): ingest one run at a time")
+    stem = stems.pop()
+    out: dict[str, bytes] = {}
+    for f in files:
+        name = os.path.basename(f)
+        if name == "gpu_suite.log":
+            name = stem + "gpu_suite.log"
+        elif not name.startswith(stem):
+            continue  # not this run's (e.g. bench/results/README.md of a copied folder)
+        if not SAFE_NAME.match(name):
+            raise IngestError(f"{name!r}: not a plain file name")
+        dest = os.path.join(results, name)
+        with open(f, "rb") as fh:
+            data = fh.read()
+        if dest in out and out[dest] != data:
+            raise IngestError(f"two different inputs are both {name} (e.g. the logs of two calls): ingest them one at a time")
+        if os.path.exists(dest):
+            with open(dest, "rb") as fh:
+                if fh.read() != data:
+                    raise IngestError(f"{dest} exists with other contents: move it away first (nothing was written)")
+        out[dest] = data
+    return stem, out
 
 
 def _junit(path: str) -> dict:
@@ -127,7 +128,7 @@ def summary(stem: str, files: list[str]) -> str:
     lines += ["", "**GPU tests** (junit files of bench/gpu_suite.sh):", ""]
     junits = [f for f in files if re.search(r"junit-[A-Za-z0-9_-]+\.xml$", f)]
     if not junits:
-        lines.append("- none in this run")
+        lines.append("- no junit file: no test stage ran, or one was killed before writing it (see the log)")
     for f in junits:
         j = _junit(f)
         passed = j["tests"] - j["failures"] - j["errors"] - j["skipped"]
@@ -171,14 +172,26 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="check and print the summary; write nothing")
     args = parser.parse_args(argv)
     try:
-        stem, files = ingest(args.paths, args.results, dry_run=args.dry_run)
-        if args.dry_run:
-            with tempfile.TemporaryDirectory() as tmp:  # summarize from a scratch copy
-                stem, files = ingest(args.paths, tmp)
-                text = summary(stem, files)
-        else:
-            text = summary(stem, files)
-            write_docs(args.docs, text)
+        with tempfile.TemporaryDirectory() as scratch:
+            stem, files = plan(args.paths, args.results, scratch)
+            # the summary comes from scratch copies, before anything is written: a file it
+            # cannot read stops the whole ingest
+            staged = os.path.join(scratch, "staged")
+            os.makedirs(staged)
+            for dest, data in files.items():
+                with open(os.path.join(staged, os.path.basename(dest)), "wb") as fh:
+                    fh.write(data)
+            try:
+                text = summary(stem, sorted(os.path.join(staged, os.path.basename(d)) for d in files))
+            except (KeyError, TypeError, AttributeError) as e:
+                raise IngestError(f"a result file of this run is not in the expected format ({type(e).__name__}: {e})")
+            if not args.dry_run:
+                with open(args.docs) as fh:  # the markers are checked before the results are written
+                    if BEGIN not in fh.read():
+                        raise IngestError(f"{args.docs}: no {BEGIN} ... {END} markers to write between")
+                for dest, data in files.items():
+                    write_atomic(dest, data)
+                write_docs(args.docs, text)
     except (IngestError, OSError, ValueError, tarfile.TarError, ET.ParseError) as e:
         print(f"ingest_results: {e}", file=sys.stderr)
         return 2

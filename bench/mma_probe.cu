@@ -180,8 +180,20 @@ void run_hw(const Device& dev, int family, const Trial& t, const int perm[4], ui
   int fake[4] = {0, 1, 2, 3};
   const char* fam = std::getenv("SPARSEDM_PROBE_FAKE_FAMILY");
   const char* order = std::getenv("SPARSEDM_PROBE_FAKE_ORDER");
-  if (fam && order && std::atoi(fam) == family && std::strlen(order) >= 4)
-    for (int j = 0; j < 4; ++j) fake[j] = order[j] - '0';
+  if (fam && order && std::atoi(fam) == family) {
+    // a permutation of 0 .. b_regs - 1 (the dense s8 shape has 2 B registers)
+    const int nb = b_regs(family);
+    bool seen[4] = {false, false, false, false}, valid = static_cast<int>(std::strlen(order)) == nb;
+    for (int j = 0; valid && j < nb; ++j) {
+      const int v = order[j] - '0';
+      valid = v >= 0 && v < nb && !seen[v];
+      if (valid) seen[v] = true, fake[j] = v;
+    }
+    if (!valid) {
+      std::fprintf(stderr, "SPARSEDM_PROBE_FAKE_ORDER=%s: give a permutation of 0..%d\n", order, nb - 1);
+      std::exit(2);
+    }
+  }
   const int per_reg = (family == kSp16F16 || family == kSp16Bf16) ? 2 : 4;
   Trial u = t;
   for (int l = 0; l < 32; ++l)
@@ -260,7 +272,10 @@ int main(int argc, char** argv) {
       hw_out.emplace_back(&hw[0][0], &hw[0][0] + 128);
       emu_out.emplace_back(&ref[0][0], &ref[0][0] + 128);
     }
-    std::string agreeing;  // the B register orders under which every trial agrees
+    // The B register orders under which every trial agrees: order "abcd" passes the lane's
+    // register a (in the emulator's numbering) as the instruction's first B operand, b as the
+    // second, ...; "none" when no order agrees (the cause is then not the B order).
+    std::string agreeing;
     if (failed_trials) {
       all_ok = false;
       int perm[4] = {0, 1, 2, 3};
@@ -276,11 +291,12 @@ int main(int argc, char** argv) {
         if (ok) agreeing += std::string(agreeing.empty() ? "" : " ") + char('0' + perm[0]) + char('0' + perm[1]) +
                             (nb == 4 ? std::string() + char('0' + perm[2]) + char('0' + perm[3]) : std::string());
       } while (std::next_permutation(perm, perm + 4));
+      if (agreeing.empty()) agreeing = "none";
     }
     std::printf("%-22s %s (%d of %d random trials agree with the emulator)%s%s\n", kNames[family],
                 failed_trials ? "FAIL" : "ok", kTrials - failed_trials, kTrials,
                 failed_trials ? "; B register orders that agree: " : "",
-                failed_trials ? (agreeing.empty() ? "none" : agreeing.c_str()) : "");
+                failed_trials ? agreeing.c_str() : "");
     json += std::string(family ? ", " : "") + "{\"name\": \"" + kNames[family] + "\", \"agree\": " +
             (failed_trials ? "false" : "true") + ", \"agreeing_b_orders\": \"" + agreeing + "\", \"trials\": [";
     for (int k = 0; k < kTrials; ++k) {

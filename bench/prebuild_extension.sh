@@ -31,20 +31,29 @@ if [ -z "${CUDA_HOME:-}" ] || [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; 
 fi
 export CUDA_HOME
 
+command -v "$PYTHON" >/dev/null || { echo "$PYTHON not found: set PYTHON to the target machine's Python version" >&2; exit 2; }
+want_py="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" || exit 2
 if [ ! -x "$VENV/bin/python" ]; then
-  command -v "$PYTHON" >/dev/null || { echo "$PYTHON not found: set PYTHON to the target machine's Python version" >&2; exit 2; }
   "$PYTHON" -m venv "$VENV"
+fi
+have_py="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ "$have_py" != "$want_py" ]; then
+  echo "$VENV holds python $have_py, not $want_py ($PYTHON): remove it or set VENV elsewhere" >&2
+  exit 2
 fi
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy safetensors tqdm setuptools wheel pybind11 ninja
 "$VENV/bin/python" -c "import torch; print('building against torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$work"
+# what a copy of the tree holds (tracked and untracked-not-ignored files; a deleted one is skipped)
+git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$work"
 (cd "$work" && TORCH_CUDA_ARCH_LIST="$ARCHS" SPARSEDM_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
    "$VENV/bin/python" setup.py -q build_ext --inplace)
 so="$(cd "$work" && ls sparsedm/_C.cpython-*.so)"
 strip --strip-debug "$work/$so"  # host debug info only (the GPU code keeps -lineinfo)
+# the stamp hashes the copy that was compiled, not the checkout (which may have changed since)
+(cd "$work" && "$VENV/bin/python" bench/ext_stamp.py write --archs "$ARCHS")
 cp "$work/$so" "$ROOT/$so.tmp" && mv "$ROOT/$so.tmp" "$ROOT/$so"
-"$VENV/bin/python" bench/ext_stamp.py write --archs "$ARCHS"
+cp "$work/sparsedm/_C.stamp" "$ROOT/sparsedm/_C.stamp.tmp" && mv "$ROOT/sparsedm/_C.stamp.tmp" "$ROOT/sparsedm/_C.stamp"
 echo "built $so ($(du -h "$so" | cut -f1)) for archs $ARCHS; send it and sparsedm/_C.stamp with the tree"

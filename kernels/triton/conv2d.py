@@ -280,6 +280,10 @@ def sparse24_conv2d(
         # Offsets stay int32 unless an operand is too large for them (or its strides are huge).
         INDEX_64=max(_span(x), _span(y), _span(values), _span(meta)) >= 2**31,
     )
+    if config is None and not _common.TUNE and not INTERPRET:
+        # SPARSEDM_TRITON_AUTOTUNE=0: the bucket's first candidate, launched directly (an
+        # autotuner left with one pruned config still times it on some triton versions)
+        config = conv_configs(m, cout, c)[0]
     if config is not None or INTERPRET:
         if config is not None:
             _common.check_tile_config(config, "conv2d.conv_configs")

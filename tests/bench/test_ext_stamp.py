@@ -60,6 +60,12 @@ def test_check_reasons(stamp, monkeypatch):
     assert stamp.check(ok) == "built for archs 9.0, this GPU is sm 8.6"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))
     assert stamp.check(ok) is None
+    for spelling in ("8.0 9.0", "8.0;9.0+PTX", "9.0a", "8.6,9.0"):
+        stamp.write(spelling)
+        assert stamp.check(ok) is None, spelling
+    stamp.write("8.0;8.6+PTX")
+    assert stamp.check(ok) == "built for archs 8.0;8.6+PTX, this GPU is sm 9.0"
+    stamp.write("9.0")
     (stamp.tree / "csrc" / "module.cpp").write_text("int a2;")
     assert "sources" in stamp.check(ok) and "changed" in stamp.check(ok)
     stamp.write("8.0;9.0")

@@ -27,6 +27,7 @@ case "$*" in
   *results_stem*) echo "__STEM__";;
   *get_device_capability*) echo 90;;
   "bench/ext_stamp.py check") [ -n "${FAKE_PREBUILT:-}" ] && exit 0; echo "must be (re)built: fake"; exit 1;;
+  *"-m pip install"*) [ -n "${FAKE_BUILD_FAILS:-}" ] && exit 1; exit 0;;
   *"-m pytest"*)
     for a in "$@"; do case "$a" in --junitxml=*) echo "<testsuites/>" > "${a#--junitxml=}";; esac; done
     [ -n "${FAKE_SLOW_TESTS:-}" ] && sleep "$FAKE_SLOW_TESTS"
@@ -69,7 +70,8 @@ def suite(tmp_path):
 
     def run(*stages, **env):
         # the suite's own knobs come from the test alone, never from the caller's environment
-        knobs = ("SUITE_BUDGET", "STEP_TIMEOUT", "TEST_WORKERS", "TEST_TIMEOUT", "BENCH_OPS", "PACK", "FAKE_PREBUILT")
+        knobs = ("SUITE_BUDGET", "STEP_TIMEOUT", "TEST_WORKERS", "TEST_TIMEOUT", "BENCH_OPS", "PACK", "FAKE_PREBUILT",
+                 "FAKE_BUILD_FAILS", "NVCC", "CUDA_HOME", "SPARSEDM_TRITON_AUTOTUNE", "SPARSEDM_BUILD_EXT")
         full = {k: v for k, v in os.environ.items() if k not in knobs and not k.startswith("QUICK_")}
         full.update(PATH=f"{tools}:{os.environ['PATH']}", PYTHON=str(py), OUT=str(out), FAKE_LOG=str(log),
                     SPARSEDM_COMMIT="abc123", **env)
@@ -103,7 +105,7 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     assert len(tests) == 1, tests  # every GPU test in one run
     assert tests[0].startswith("AUTOTUNE=0 ") and "-m gpu" in tests[0] and tests[0].endswith(" tests"), tests
     install = calls[_index(calls, "-m pip install")]
-    assert "BUILD_EXT=unset " in install, install  # the stamp check failed: a real build
+    assert "BUILD_EXT=1 " in install, install  # the stamp check failed: a real build, whatever the caller set
     assert f"--junitxml={suite.out}/{STEM}junit-all.xml" in tests[0]
     # xdist and pytest-timeout are "installed" (the stand-in imports anything): 8 workers, and
     # a per-test limit that also ends a test stuck inside a CUDA call (thread method)
@@ -138,9 +140,26 @@ def test_prebuilt_extension_is_not_rebuilt(suite):
     assert not any("bench " in c for c in calls) and not any("compute-sanitizer" in c for c in calls), calls
 
 
+def test_a_failed_build_is_not_stamped(suite):
+    """A build that fails leaves no stamp saying the extension matches these sources (the next
+    call would reuse an old one), and the suite exits non-zero."""
+    proc, calls = suite("test-cuda", FAKE_BUILD_FAILS="1")
+    assert proc.returncode == 1 and "!!! failed (exit 1)" in proc.stdout
+    assert any("-m pip install" in c for c in calls) and not any("ext_stamp.py write" in c for c in calls), calls
+
+
+def test_unknown_stage_is_refused(suite):
+    proc, calls = suite("tests")
+    assert proc.returncode == 2 and "unknown stage 'tests'" in proc.stderr and "test-all" in proc.stderr
+    assert calls == []
+
+
 def test_all_runs_the_three_test_stages_and_every_table(suite):
-    proc, calls = suite(FAKE_PREBUILT="1")
+    proc, calls = suite(FAKE_PREBUILT="1", SPARSEDM_TRITON_AUTOTUNE="0")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    assert any("TOOL probe" in c for c in calls)
+    benches = [c for c in calls if "bench kernels" in c]
+    assert benches and all(c.startswith("AUTOTUNE=unset ") for c in benches), benches  # a caller's 0 never reaches them
     tests = [c.split()[-1] for c in calls if "-m pytest" in c]
     assert tests == ["tests/cuda", "tests/triton", "--ignore=tests/triton"], tests
     kernels = [c for c in calls if "bench kernels" in c]
@@ -157,5 +176,7 @@ def test_budget_cuts_a_slow_step_and_skips_the_rest(suite):
     assert "!!! failed (exit 124)" in proc.stdout  # the test step, stopped at its 3 s cap
     assert any("--op linear" in c for c in calls)  # the benchmarks ran after it
     budget = suite("quick", FAKE_PREBUILT="1", SUITE_BUDGET="30")
-    assert budget[0].returncode == 1 and "!!! skipped (SUITE_BUDGET spent)" in budget[0].stdout
+    # steps the budget leaves out are listed at the end; a cut-short run is not a failed one
+    assert budget[0].returncode == 0 and "!!! skipped (SUITE_BUDGET spent)" in budget[0].stdout
+    assert "not run, the budget (SUITE_BUDGET=30) was spent:" in budget[0].stdout
     assert not any("-m pytest" in c for c in budget[1])

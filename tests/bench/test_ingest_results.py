@@ -134,3 +134,33 @@ def test_the_real_docs_have_the_markers(tool):
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md")) as f:
         text = f.read()
     assert text.count(tool.BEGIN) == 1 and text.count(tool.END) == 1 and text.index(tool.BEGIN) < text.index(tool.END)
+
+
+def test_two_different_inputs_of_one_name_are_refused(tool, tmp_path, docs, capsys):
+    """The logs of two device calls both come back as gpu_suite.log: neither may silently win."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _run_dir(tmp_path / "a"), _run_dir(tmp_path / "b")
+    (second / "gpu_suite.log").write_text("=== another call\n")
+    results = tmp_path / "results"
+    assert tool.main([str(first), str(second), "--results", str(results), "--docs", str(docs)]) == 2
+    assert "two different inputs are both" in capsys.readouterr().err and not results.exists()
+    # identical duplicates (the same archive given twice) are fine
+    assert tool.main([str(first), str(first / "results-20261202-070000.tar.gz"), "--results", str(results),
+                      "--docs", str(docs)]) == 0
+
+
+def test_a_malformed_file_writes_nothing(tool, tmp_path, docs, capsys):
+    run = _run_dir(tmp_path)
+    (run / f"{STEM}junit-rest.xml").write_text("<testsuites><testsuite")  # cut off
+    results = tmp_path / "results"
+    before = docs.read_text()
+    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 2
+    assert "ingest_results:" in capsys.readouterr().err
+    assert not results.exists() and docs.read_text() == before
+
+
+def test_dirty_commit_is_its_own_run(tool):
+    assert tool.STEM.match("nvidia-h200-2026-12-02-abc123def456-dirty-kernels-conv.json").group(1) == \
+        "nvidia-h200-2026-12-02-abc123def456-dirty-"
+    assert tool.STEM.match(f"{STEM}kernels-conv.json").group(1) == STEM

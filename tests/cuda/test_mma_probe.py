@@ -19,7 +19,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-NVCC = shutil.which("nvcc") or os.path.join(CUDA_HOME, "bin", "nvcc")
+NVCC = os.environ.get("NVCC") or shutil.which("nvcc") or os.path.join(CUDA_HOME, "bin", "nvcc")
 SOURCE = os.path.join(ROOT, "bench", "mma_probe.cu")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NVCC), reason="nvcc not found (set CUDA_HOME)")
@@ -66,7 +66,7 @@ def test_faithful_instructions_pass(fake_probe, tmp_path):
 
 
 @pytest.mark.parametrize("family, order, shown", [(0, "0213", "0213"), (1, "1032", "1032"), (2, "3012", "3012"),
-                                                   (3, "1023", "10")])
+                                                   (3, "10", "10")])
 def test_unfaithful_b_order_is_found(fake_probe, tmp_path, family, order, shown):
     """A "hardware" that reads B register j as register order[j]: that family fails, the others
     pass, and the probe names exactly that order (two digits for the dense s8 shape's 2 registers)."""
@@ -75,6 +75,12 @@ def test_unfaithful_b_order_is_found(fake_probe, tmp_path, family, order, shown)
     assert [f["agree"] for f in doc["families"]] == [i != family for i in range(4)]
     assert doc["families"][family]["agreeing_b_orders"] == shown
     assert f"B register orders that agree: {shown}" in proc.stdout
+
+
+@pytest.mark.parametrize("family, order", [(3, "2301"), (0, "0012"), (0, "01234"), (2, "0129")])
+def test_fake_order_must_be_a_permutation(fake_probe, tmp_path, family, order):
+    proc, _ = _run(fake_probe, tmp_path, SPARSEDM_PROBE_FAKE_FAMILY=str(family), SPARSEDM_PROBE_FAKE_ORDER=order)
+    assert proc.returncode == 2 and "give a permutation of 0.." in proc.stderr, proc.stdout + proc.stderr
 
 
 @pytest.mark.gpu

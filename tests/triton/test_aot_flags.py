@@ -6,7 +6,8 @@ dtype, the int8 scale modes (dynamic, given static, given per-token), split-K pa
 and for the conv the input layout and 64-bit offsets, each a constexpr and so a separate
 compile on the GPU. A combination that Triton fails to lower would otherwise first show on
 borrowed GPU time. By default a subset in which every value of every flag appears at least
-once; ``SPARSEDM_AOT_SWEEP=1`` compiles the whole product (176 kernels, minutes).
+once; ``SPARSEDM_AOT_SWEEP=1`` compiles the full list (the subset and, per family, the
+combinations of its flags that matter together: 180 kernels, minutes).
 
     python tests/triton/test_aot_flags.py [--all]     prints one JSON line per kernel
 """
@@ -67,7 +68,8 @@ def _all_jobs():
     conv = [(t, bias, act, False, cl, 0) for t in FLOATS for bias, act in ((True, 0), (True, 1), (True, 2), (True, 3), (False, 0))
             for cl in (True, False)]
     conv += [(t, True, 3, True, cl, i) for t in FLOATS for cl, i in ((True, 0), (False, 6))]
-    return [("linear", j) for j in linear] + [("reduce", j) for j in reduce] + [("quant", j) for j in quant] + [("conv", j) for j in conv]
+    jobs = [("linear", j) for j in linear] + [("reduce", j) for j in reduce] + [("quant", j) for j in quant] + [("conv", j) for j in conv]
+    return jobs + [j for j in _subset_jobs() if j not in jobs]  # the full list holds the subset
 
 
 def _subset_jobs():
@@ -168,7 +170,8 @@ def compiled():
 
 
 def test_subset_covers_every_flag_value():
-    """Each position of each job tuple takes every value the full product does."""
+    """Each position of each job tuple takes every value the full list does, and the full list
+    holds the subset."""
     full, subset = _all_jobs(), _subset_jobs()
     for kind in ("linear", "reduce", "quant", "conv"):
         f = [j for k, j in full if k == kind]
@@ -176,6 +179,7 @@ def test_subset_covers_every_flag_value():
         for pos in range(len(f[0])):
             missing = {j[pos] for j in f} - {j[pos] for j in s}
             assert not missing, f"{kind}: position {pos} never takes {missing} in the default subset"
+    assert all(j in full for j in subset)
 
 
 def test_every_flag_combination_compiles(compiled):

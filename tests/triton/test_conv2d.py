@@ -209,3 +209,36 @@ def test_gpu_every_conv_config_forced(config, channels_last):
     SPARSEDM_TRITON_AUTOTUNE=0, so this is where the other candidates run."""
     for dtype in (torch.float16, torch.bfloat16):
         _check_forced_config(config, (4, 72, 15, 15, 200, 3, 3, (1, 1), (1, 1), (1, 1)), dtype, channels_last, seed=11)
+
+
+def test_autotune_off_launches_the_bucket_first_directly(monkeypatch):
+    """SPARSEDM_TRITON_AUTOTUNE=0 (here: _common.TUNE patched off, and the launcher told it is on
+    a GPU; the kernel itself still runs in the interpreter): the conv launches its bucket's first
+    candidate itself, never through the autotuner, which would still time a single pruned config."""
+    from sparsedm.kernels import _common, conv2d
+
+    monkeypatch.setattr(_common, "TUNE", False)
+    monkeypatch.setattr(conv2d, "INTERPRET", False)
+    launched = []
+    kernel = conv2d._sparse24_conv2d_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def call(*args, **kwargs):
+                launched.append({k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")})
+                return kernel[grid](*args, **kwargs)
+            return call
+
+    class NoTuner:
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner ran with autotuning off")
+
+    monkeypatch.setattr(conv2d, "_sparse24_conv2d_kernel", Spy())
+    monkeypatch.setattr(conv2d, "_sparse24_conv2d_tuned", NoTuner())
+    case = (2, 40, 7, 7, 24, 3, 3, (1, 1), (1, 1), (1, 1))
+    x, w, values, meta, b = _problem(case, torch.float16, seed=4)
+    y = conv2d.sparse24_conv2d(x, values, meta, b, list(w.shape), (1, 1), (1, 1), (1, 1), "none")
+    first = conv2d.conv_configs(2 * 7 * 7, 24, 40)[0]
+    kw = first.kwargs
+    assert launched == [{"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "num_warps": first.num_warps}]
+    assert_close_rel(y, F.conv2d(x.double(), w.double(), b.double(), 1, 1), TOLERANCES[torch.float16], "autotune off")
