@@ -204,7 +204,8 @@ fi
 if want bench-models; then
   step "model benchmarks"
   if [ $QUICK = 1 ]; then
-    run --cap $(( ${QUICK_MODEL_S:-100} / 2 )) "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
+    # the variants the targets read (dense is every speedup's baseline)
+    run --cap $(( ${QUICK_MODEL_S:-100} / 2 )) "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --variants dense,sparse,sparse+int8 --out "$OUT"
     run --cap $(( ${QUICK_MODEL_S:-100} / 2 )) "$PY" -m sparsedm bench model --preset ddpm-unet-cifar10 --batch 64 --cuda-graph --channels-last --variants dense,sparse --out "$OUT"
   else
     run "$PY" -m sparsedm bench model --preset uvit-s2-cifar10 --batch 128 --cuda-graph --out "$OUT"
