@@ -3,9 +3,11 @@
     python bench/ingest_results.py PATH [PATH ...] [--results DIR] [--docs FILE] [--dry-run]
 
 PATH: what bench/gpu_suite.sh left in $OUT, as it came back (the results-*.tar.gz archives,
-loose result files, gpu_suite.log, or a folder holding them). The result files go into
-bench/results/ (an existing file is kept only if identical: a different one is an error, never
-overwritten); the log is stored as ``<stem>gpu_suite.log`` beside them. Then the section
+loose result files, gpu_suite.log, or a folder holding them; several calls of one run may be
+given together). The result files go into bench/results/, the log as ``<stem>gpu_suite.log``.
+Nothing is ever overwritten: a file whose name is taken by different contents (a second
+call's log, a stage run again) is stored as ``<name>-2``, ``-3``, ...; an identical one is not
+stored twice, so ingesting the same files again changes nothing. Then the section
 between the "Latest numbers" markers of docs/BENCHMARKS.md is rewritten from this run's files
 alone: the machine and versions, the GPU tests (junit files: passed / failed / skipped, the
 failures named), the instruction probe, and the speed targets (sparsedm.bench.targets). Files
@@ -64,9 +66,27 @@ def _collect(paths: list[str], scratch: str) -> list[str]:
     return files
 
 
+def _destination(results: str, name: str, data: bytes, planned: dict[str, bytes]) -> str:
+    """``results/name``, or ``name-2``, ``-3``... when that name holds other contents (on disk or
+    planned); a name that already holds exactly ``data`` is reused."""
+    base, ext = os.path.splitext(name)
+    n = 1
+    while True:
+        dest = os.path.join(results, name if n == 1 else f"{base}-{n}{ext}")
+        if dest in planned:
+            held = planned[dest]
+        elif os.path.exists(dest):
+            with open(dest, "rb") as fh:
+                held = fh.read()
+        else:
+            return dest
+        if held == data:
+            return dest
+        n += 1
+
+
 def plan(paths: list[str], results: str, scratch: str) -> tuple[str, dict[str, bytes]]:
-    """This run's stem and {destination in ``results``: contents}, checked: one run only, two
-    inputs of one name must be identical, an existing file must be identical."""
+    """This run's stem and {destination in ``results``: contents} (one run only)."""
     files = _collect(paths, scratch)
     named = [f for f in files if os.path.basename(f) != "gpu_suite.log"]
     stems = {m.group(1) for f in named if (m := STEM.match(os.path.basename(f)))}
@@ -84,16 +104,9 @@ def plan(paths: list[str], results: str, scratch: str) -> tuple[str, dict[str, b
             continue  # not this run's (e.g. bench/results/README.md of a copied folder)
         if not SAFE_NAME.match(name):
             raise IngestError(f"{name!r}: not a plain file name")
-        dest = os.path.join(results, name)
         with open(f, "rb") as fh:
             data = fh.read()
-        if dest in out and out[dest] != data:
-            raise IngestError(f"two different inputs are both {name} (e.g. the logs of two calls): ingest them one at a time")
-        if os.path.exists(dest):
-            with open(dest, "rb") as fh:
-                if fh.read() != data:
-                    raise IngestError(f"{dest} exists with other contents: move it away first (nothing was written)")
-        out[dest] = data
+        out[_destination(results, name, data, out)] = data
     return stem, out
 
 

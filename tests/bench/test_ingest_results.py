@@ -86,16 +86,18 @@ def test_ingest_writes_files_and_latest_numbers(tool, tmp_path, docs, capsys):
     assert "wrote 5 files" in capsys.readouterr().out
 
 
-def test_ingest_is_idempotent_and_never_overwrites(tool, tmp_path, docs, capsys):
+def test_ingest_is_idempotent_and_never_overwrites(tool, tmp_path, docs):
     results = tmp_path / "results"
     run = _run_dir(tmp_path)
     assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 0
-    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 0  # same files: fine
+    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 0  # same files: nothing new
+    assert len(os.listdir(results)) == 5
     (results / f"{STEM}kernels-int8.md").write_text("edited")
-    before = docs.read_text()
-    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 2
-    assert "exists with other contents: move it away first (nothing was written)" in capsys.readouterr().err
-    assert (results / f"{STEM}kernels-int8.md").read_text() == "edited" and docs.read_text() == before
+    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 0
+    assert (results / f"{STEM}kernels-int8.md").read_text() == "edited"  # never overwritten
+    assert (results / f"{STEM}kernels-int8-2.md").read_text() == "| table |"
+    assert tool.main([str(run), "--results", str(results), "--docs", str(docs)]) == 0  # and again: no -3
+    assert len(os.listdir(results)) == 6
 
 
 def test_dry_run_writes_nothing(tool, tmp_path, docs, capsys):
@@ -136,18 +138,27 @@ def test_the_real_docs_have_the_markers(tool):
     assert text.count(tool.BEGIN) == 1 and text.count(tool.END) == 1 and text.index(tool.BEGIN) < text.index(tool.END)
 
 
-def test_two_different_inputs_of_one_name_are_refused(tool, tmp_path, docs, capsys):
-    """The logs of two device calls both come back as gpu_suite.log: neither may silently win."""
+def test_two_calls_of_one_run_are_both_kept(tool, tmp_path, docs):
+    """The logs of two device calls both come back as gpu_suite.log, and a stage run again
+    writes its junit file again: both copies are kept, the second numbered."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, second = _run_dir(tmp_path / "a"), _run_dir(tmp_path / "b")
     (second / "gpu_suite.log").write_text("=== another call\n")
+    (second / f"{STEM}junit-all.xml").write_text(JUNIT.replace('failures="1"', 'failures="0"').replace(
+        '<failure message="mismatch"/>', ""))
     results = tmp_path / "results"
-    assert tool.main([str(first), str(second), "--results", str(results), "--docs", str(docs)]) == 2
-    assert "two different inputs are both" in capsys.readouterr().err and not results.exists()
-    # identical duplicates (the same archive given twice) are fine
-    assert tool.main([str(first), str(first / "results-20261202-070000.tar.gz"), "--results", str(results),
+    assert tool.main([str(first), str(second), "--results", str(results), "--docs", str(docs)]) == 0
+    assert (results / f"{STEM}gpu_suite.log").read_text() == "=== environment\n"
+    assert (results / f"{STEM}gpu_suite-2.log").read_text() == "=== another call\n"
+    assert (results / f"{STEM}junit-all-2.xml").exists()
+    text = docs.read_text()
+    assert f"`{STEM}junit-all.xml`: 7 passed, 1 failed" in text and f"`{STEM}junit-all-2.xml`: 8 passed, 0 failed" in text
+    # the same archive given twice (loose and in its folder) is stored once
+    results2 = tmp_path / "results2"
+    assert tool.main([str(first), str(first / "results-20261202-070000.tar.gz"), "--results", str(results2),
                       "--docs", str(docs)]) == 0
+    assert len(os.listdir(results2)) == 5
 
 
 def test_a_malformed_file_writes_nothing(tool, tmp_path, docs, capsys):
