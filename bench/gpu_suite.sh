@@ -38,6 +38,7 @@ OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_suite.log"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 PY="${PYTHON:-python3}"
 NVCC="${NVCC:-$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-540}"
@@ -260,5 +261,8 @@ if [ "${PACK:-auto}" != 0 ] && [ "$n_files" -gt 0 ] && { [ "${PACK:-auto}" = 1 ]
   find_run_files -printf '%f\n' | (cd "$OUT" && tar czf "$archive" -T -) && find_run_files -delete
   echo "packed $n_files result files into $OUT/$archive (python bench/ingest_results.py takes it)"
 fi
+# Let tee write the last lines before the runner collects $OUT (it ends what is left running).
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null || sleep 1
 sync
 exit $status

@@ -125,6 +125,8 @@ def test_quick_runs_everything_in_order_with_limits(suite):
         names = tar.getnames()
     assert f"{STEM}junit-all.xml" in names and f"{STEM}kernels-conv.json" in names and f"{STEM}targets.md" in names, names
     assert sorted(os.listdir(suite.out)) == sorted(archives + ["gpu_suite.log"])
+    log = (suite.out / "gpu_suite.log").read_text()  # complete when the script returns
+    assert log.rstrip().endswith("(python bench/ingest_results.py takes it)"), log[-500:]
 
 
 def test_prebuilt_extension_is_not_rebuilt(suite):
