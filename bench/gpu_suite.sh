@@ -98,7 +98,10 @@ if [ -z "${SPARSEDM_COMMIT:-}" ] && ! git rev-parse HEAD 2>/dev/null; then
   echo "!!! not a git checkout and SPARSEDM_COMMIT is unset: result files will say 'nocommit'"
 fi
 # <gpu>-<date>-<commit>-, the stem every result file of this run starts with.
-STEM="$("$PY" -c "from sparsedm.bench.environment import header; from sparsedm.bench.report import results_stem; print(results_stem(header('cuda'), ''))" 2>/dev/null || echo "unknown-gpu-")"
+results_stem() {
+  "$PY" -c "from sparsedm.bench.environment import header; from sparsedm.bench.report import results_stem; print(results_stem(header('cuda'), ''))" 2>/dev/null || echo "unknown-gpu-"
+}
+STEM="$(results_stem)"
 echo "result files: $OUT/${STEM}*"
 
 have_cuda_ops() {
@@ -228,7 +231,7 @@ if want sanitizer; then
 fi
 
 # A run that crossed midnight (UTC) names its later files with the new date: both stems count.
-STEM_END="$("$PY" -c "from sparsedm.bench.environment import header; from sparsedm.bench.report import results_stem; print(results_stem(header('cuda'), ''))" 2>/dev/null || echo "$STEM")"
+STEM_END="$(results_stem)"
 STEMS="$STEM"
 [ "$STEM_END" != "$STEM" ] && STEMS="$STEM $STEM_END"
 if want bench-kernels || want bench-models; then

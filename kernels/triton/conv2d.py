@@ -210,6 +210,33 @@ _sparse24_conv2d_tuned = triton.autotune(
 )(_sparse24_conv2d_kernel)
 
 
+# Ahead-of-time compilation (tests/triton/test_conv_compress_aot.py, test_aot_flags.py).
+_AOT_INTS = (
+    "M C H W Cout OH OW KW TAPS stride_xn stride_xc stride_xh stride_xw stride_v stride_meta "
+    "stride_yn stride_yc stride_yh stride_yw conv_sh conv_sw pad_h pad_w dil_h dil_w"
+).split()
+# Multiples of 16 in every UNet conv (C, Cout in 128..2560; strides are products with C).
+_AOT_DIVISIBLE = ("x_ptr", "values_ptr", "meta_ptr", "bias_ptr", "y_ptr", "C", "Cout", "stride_xn", "stride_xh",
+                  "stride_xw", "stride_v", "stride_meta", "stride_yn", "stride_yh", "stride_yw")
+
+
+def aot_spec(dtype: str, tile: dict, *, channels_last: bool = True, bias: bool = True, activation: int = 3,
+             index64: bool = False) -> tuple[dict, dict, tuple]:
+    """``(signature, constexprs, divisible_by_16)`` of ``_sparse24_conv2d_kernel`` as a launch on
+    a UNet conv sees it: ``dtype`` a Triton type (``"fp16"``, ``"bf16"``, ``"fp32"``), ``tile``
+    BLOCK_M/N/K (GROUP_M 8); channels_last specializes the unit channel strides to 1."""
+    sig = {"x_ptr": f"*{dtype}", "values_ptr": f"*{dtype}", "meta_ptr": "*u8", "bias_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"}
+    sig.update({a: "i32" for a in _AOT_INTS})
+    constexprs = dict(
+        HAS_BIAS=bias, ACTIVATION=activation, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", UPCAST_DOT=False,
+        INDEX_64=index64, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"], GROUP_M=8,
+    )
+    if channels_last:
+        constexprs.update(stride_xc=1, stride_yc=1)
+    sig.update({k: "constexpr" for k in constexprs})
+    return sig, constexprs, _AOT_DIVISIBLE
+
+
 # ---------------------------------------------------------------------------------------------
 # Launcher
 # ---------------------------------------------------------------------------------------------

@@ -448,28 +448,39 @@ def aot_spec(variant: str, config) -> tuple[dict, dict, tuple]:
 
     ``config`` is a ``triton.Config`` (BLOCK_M/N/K, GROUP_M); output float16 (bfloat16 for
     the bf16 variant), or the float32 / int32 workspace of a split-K variant; bias, no
-    activation. A launch on contiguous tensors specializes the unit strides (and SPLIT_K = 1)
-    to the constant 1 and marks 16-byte-aligned pointers and sizes/strides divisible by 16
-    (``tt.divisibility``); without both, Triton can neither vectorize the loads nor pipeline
-    them with cp.async, so they are repeated here. M is left unhinted (65 * batch tokens).
+    activation. Any other flag combination: ``aot_flags_spec``.
     """
     x_ty, w_ty, sparse, int8, quantize_x, partial = AOT_VARIANTS[variant]
     if partial:
         y_ty = "i32" if int8 else "fp32"
     else:
         y_ty = "bf16" if x_ty == "bf16" else "fp16"
+    return aot_flags_spec(config, x=x_ty, w=w_ty, sparse=sparse, int8=int8, quantize_x=quantize_x,
+                          per_token=int8 and not quantize_x, bias=True, activation=0, partial=partial, y=y_ty)
+
+
+def aot_flags_spec(config, *, x: str, w: str, sparse: bool, int8: bool, quantize_x: bool, per_token: bool,
+                   bias: bool, activation: int, partial: bool, y: str) -> tuple[dict, dict, tuple]:
+    """``aot_spec`` for any flags a launcher passes: operand / output Triton types (``"fp16"``,
+    ``"i8"``, ``"i32"``...), the epilogue (bias, activation code), the int8 scale mode and
+    split-K partial sums. A launch on contiguous tensors specializes the unit strides (and
+    SPLIT_K = 1) to the constant 1 and marks 16-byte-aligned pointers and sizes/strides
+    divisible by 16 (``tt.divisibility``); without both, Triton can neither vectorize the loads
+    nor pipeline them with cp.async, so they are repeated here. M is left unhinted (65 * batch
+    tokens). fp32 activations take IEEE dots, as the launcher passes them.
+    """
     signature = {
-        "x_ptr": f"*{x_ty}", "w_ptr": f"*{w_ty}", "meta_ptr": "*u8", "w_scale_ptr": "*fp32",
-        "x_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{y_ty}",
+        "x_ptr": f"*{x}", "w_ptr": f"*{w}", "meta_ptr": "*u8", "w_scale_ptr": "*fp32",
+        "x_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{y}",
         "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32", "SPLIT_K": "i32",
         "stride_xm": "i32", "stride_xk": "i32", "stride_wn": "i32", "stride_wk": "i32",
         "stride_metan": "i32", "stride_metak": "i32", "stride_ym": "i32",
     }
     constexprs = dict(
         stride_xk=1, stride_wk=1, stride_metak=1,
-        SPARSE_W=sparse, INT8=int8, QUANTIZE_X=quantize_x, PER_TOKEN_SCALE=int8 and not quantize_x,
-        HAS_BIAS=True, ACTIVATION=0, DOT_PRECISION="tf32", DOT_IN_FP32=False, WRITE_PARTIAL=partial,
-        **config.kwargs,
+        SPARSE_W=sparse, INT8=int8, QUANTIZE_X=quantize_x, PER_TOKEN_SCALE=per_token,
+        HAS_BIAS=bias, ACTIVATION=activation, DOT_PRECISION="ieee" if x == "fp32" else "tf32", DOT_IN_FP32=False,
+        WRITE_PARTIAL=partial, **config.kwargs,
     )
     if not partial:
         constexprs["SPLIT_K"] = 1
@@ -481,14 +492,17 @@ def aot_spec(variant: str, config) -> tuple[dict, dict, tuple]:
     return signature, constexprs, divisible
 
 
-def aot_reduce_spec(int8: bool) -> tuple[dict, dict, tuple]:
-    """``(signature, constexprs, divisible_by_16)`` of ``_split_k_reduce_kernel`` (fp16 out, bias)."""
+def aot_reduce_spec(int8: bool, *, per_token: Optional[bool] = None, bias: bool = True, activation: int = 0,
+                    y: str = "fp16") -> tuple[dict, dict, tuple]:
+    """``(signature, constexprs, divisible_by_16)`` of ``_split_k_reduce_kernel`` (by default fp16
+    out, bias, no activation, per-token scales for int8)."""
     signature = {
         "partial_ptr": "*i32" if int8 else "*fp32", "w_scale_ptr": "*fp32", "x_scale_ptr": "*fp32",
-        "bias_ptr": "*fp32", "y_ptr": "*fp16", "M": "i32", "N": "i32", "SPLIT_K": "i32",
+        "bias_ptr": "*fp32", "y_ptr": f"*{y}", "M": "i32", "N": "i32", "SPLIT_K": "i32",
         "stride_slice": "i32", "stride_ym": "i32",
     }
-    constexprs = dict(INT8=int8, PER_TOKEN_SCALE=int8, HAS_BIAS=True, ACTIVATION=0, BLOCK_M=16, BLOCK_N=_REDUCE_BLOCK_N)
+    constexprs = dict(INT8=int8, PER_TOKEN_SCALE=int8 if per_token is None else per_token, HAS_BIAS=bias,
+                      ACTIVATION=activation, BLOCK_M=16, BLOCK_N=_REDUCE_BLOCK_N)
     signature.update({name: "constexpr" for name in constexprs})
     divisible = ("partial_ptr", "w_scale_ptr", "x_scale_ptr", "bias_ptr", "y_ptr", "N", "stride_slice", "stride_ym")
     return signature, constexprs, divisible

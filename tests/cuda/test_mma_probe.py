@@ -85,8 +85,6 @@ def test_fake_order_must_be_a_permutation(fake_probe, tmp_path, family, order):
 
 @pytest.mark.gpu
 def test_probe_on_the_gpu(tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     major, minor = torch.cuda.get_device_capability(0)
     probe = _nvcc(tmp_path / "mma_probe", f"-arch=sm_{major}{minor}")
     proc, doc = _run(probe, tmp_path)

@@ -80,20 +80,10 @@ def _subset_jobs():
 def _linear(job):
     from sparsedm.kernels import aot, linear
 
-    x_ty, w_ty, sparse, int8, quantize_x, per_token, bias, act, partial, y_ty, which = job
+    x, w, sparse, int8, quantize_x, per_token, bias, act, partial, y, which = job
     cfg = {"small": linear._SMALL_M_CONFIGS, "large": linear._LARGE_M_CONFIGS, "split": linear._SPLIT_K_CONFIGS}[which][0]
-    sig = {"x_ptr": f"*{x_ty}", "w_ptr": f"*{w_ty}", "meta_ptr": "*u8", "w_scale_ptr": "*fp32", "x_scale_ptr": "*fp32",
-           "bias_ptr": "*fp32", "y_ptr": f"*{y_ty}"}
-    sig.update({a: "i32" for a in ("M N K M_BUCKET SPLIT_K stride_xm stride_xk stride_wn stride_wk "
-                                   "stride_metan stride_metak stride_ym").split()})
-    cx = dict(stride_xk=1, stride_wk=1, stride_metak=1, SPARSE_W=sparse, INT8=int8, QUANTIZE_X=quantize_x,
-              PER_TOKEN_SCALE=per_token, HAS_BIAS=bias, ACTIVATION=act, DOT_PRECISION="ieee" if x_ty == "fp32" else "tf32",
-              DOT_IN_FP32=False, WRITE_PARTIAL=partial, **cfg.kwargs)
-    if not partial:
-        cx["SPLIT_K"] = 1
-    sig.update({n: "constexpr" for n in cx})
-    div = ("x_ptr", "w_ptr", "meta_ptr", "w_scale_ptr", "x_scale_ptr", "bias_ptr", "y_ptr", "N", "K", "stride_xm",
-           "stride_wn", "stride_metan", "stride_ym")
+    sig, cx, div = linear.aot_flags_spec(cfg, x=x, w=w, sparse=sparse, int8=int8, quantize_x=quantize_x,
+                                         per_token=per_token, bias=bias, activation=act, partial=partial, y=y)
     return aot.compile_for(linear._linear_kernel, sig, cx, CC, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                            divisible_by_16=div)
 
@@ -101,12 +91,9 @@ def _linear(job):
 def _reduce(job):
     from sparsedm.kernels import aot, linear
 
-    int8, per_token, bias, act, y_ty = job
-    sig = {"partial_ptr": "*i32" if int8 else "*fp32", "w_scale_ptr": "*fp32", "x_scale_ptr": "*fp32", "bias_ptr": "*fp32",
-           "y_ptr": f"*{y_ty}", "M": "i32", "N": "i32", "SPLIT_K": "i32", "stride_slice": "i32", "stride_ym": "i32"}
-    cx = dict(INT8=int8, PER_TOKEN_SCALE=per_token, HAS_BIAS=bias, ACTIVATION=act, BLOCK_M=16, BLOCK_N=linear._REDUCE_BLOCK_N)
-    sig.update({n: "constexpr" for n in cx})
-    return aot.compile_for(linear._split_k_reduce_kernel, sig, cx, CC, num_warps=4)
+    int8, per_token, bias, act, y = job
+    sig, cx, div = linear.aot_reduce_spec(int8, per_token=per_token, bias=bias, activation=act, y=y)
+    return aot.compile_for(linear._split_k_reduce_kernel, sig, cx, CC, num_warps=4, divisible_by_16=div)
 
 
 def _quant(job):
@@ -124,15 +111,7 @@ def _conv(job):
 
     t, bias, act, index64, channels_last, i = job
     cfg = conv2d._CONFIGS[i]
-    sig = {"x_ptr": f"*{t}", "values_ptr": f"*{t}", "meta_ptr": "*u8", "bias_ptr": f"*{t}", "y_ptr": f"*{t}"}
-    sig.update({a: "i32" for a in ("M C H W Cout OH OW KW TAPS stride_xn stride_xc stride_xh stride_xw stride_v stride_meta "
-                                   "stride_yn stride_yc stride_yh stride_yw conv_sh conv_sw pad_h pad_w dil_h dil_w").split()})
-    cx = dict(HAS_BIAS=bias, ACTIVATION=act, DOT_PRECISION="ieee" if t == "fp32" else "tf32", UPCAST_DOT=False,
-              INDEX_64=index64, **cfg.kwargs)
-    if channels_last:
-        cx.update(stride_xc=1, stride_yc=1)
-    sig.update({k: "constexpr" for k in cx})
-    div = ["x_ptr", "values_ptr", "meta_ptr", "bias_ptr", "y_ptr", "C", "Cout"]
+    sig, cx, div = conv2d.aot_spec(t, cfg.kwargs, channels_last=channels_last, bias=bias, activation=act, index64=index64)
     return aot.compile_for(conv2d._sparse24_conv2d_kernel, sig, cx, CC, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                            divisible_by_16=div)
 

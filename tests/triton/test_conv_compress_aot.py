@@ -20,31 +20,15 @@ import sys
 import pytest
 
 CCS = (80, 86, 90)
-_INT_ARGS = (
-    "M C H W Cout OH OW KW TAPS stride_xn stride_xc stride_xh stride_xw stride_v stride_meta "
-    "stride_yn stride_yc stride_yh stride_yw conv_sh conv_sw pad_h pad_w dil_h dil_w"
-).split()
 _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-# Multiples of 16 in every UNet conv (C, Cout in 128..2560; strides are products with C).
-_CONV_DIVISIBLE = ["x_ptr", "values_ptr", "meta_ptr", "bias_ptr", "y_ptr", "C", "Cout", "stride_xn", "stride_xh",
-                   "stride_xw", "stride_v", "stride_meta", "stride_yn", "stride_yh", "stride_yw"]
 
 
 def _conv_job(dtype: str, cfg: dict, cc: int, channels_last: bool = True) -> dict:
-    """One conv configuration, specialized like the JIT does for channels_last (stride_xc == 1)."""
+    """One conv configuration, specialized like the JIT does (conv2d.aot_spec: silu, bias)."""
     from sparsedm.kernels import conv2d
 
-    t = _TRITON_TYPE[dtype]
-    sig = {"x_ptr": f"*{t}", "values_ptr": f"*{t}", "meta_ptr": "*u8", "bias_ptr": f"*{t}", "y_ptr": f"*{t}"}
-    sig.update({a: "i32" for a in _INT_ARGS})
-    constexprs = dict(
-        HAS_BIAS=True, ACTIVATION=3, DOT_PRECISION="ieee" if dtype == "float32" else "tf32", UPCAST_DOT=False, INDEX_64=False,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
-    )
-    if channels_last:
-        constexprs.update(stride_xc=1, stride_yc=1)
-    sig.update({k: "constexpr" for k in constexprs})
-    return _compile(conv2d._sparse24_conv2d_kernel, sig, constexprs, cc, cfg["num_warps"], cfg["num_stages"], _CONV_DIVISIBLE)
+    sig, constexprs, divisible = conv2d.aot_spec(_TRITON_TYPE[dtype], cfg, channels_last=channels_last)
+    return _compile(conv2d._sparse24_conv2d_kernel, sig, constexprs, cc, cfg["num_warps"], cfg["num_stages"], divisible)
 
 
 def _compress_job(kernel_name: str, dtype: str, cc: int) -> dict:
