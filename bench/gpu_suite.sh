@@ -19,7 +19,7 @@
 # build (reused if prebuilt), the tensor-core instruction probe, every GPU test in one parallel pytest run (test-all, at most
 # QUICK_TEST_S = 200 s), the kernel benchmarks on the tables the speed targets read (at most
 # QUICK_BENCH_S = 150 s), the model benchmarks of the targets (QUICK_MODEL_S = 100 s) and
-# compute-sanitizer memcheck with what is left.
+# compute-sanitizer (memcheck, then racecheck on the cuda kernels) with what is left.
 #
 # Results go to $OUT if set, else bench/results/: <gpu>-<date>-<commit>-kernels-<op>.{json,csv,md,png},
 # ...-model-<preset>.*, ...-junit-<stage>.xml for the test stages, and gpu_suite.log.
@@ -220,11 +220,16 @@ fi
 if want sanitizer; then
   step "compute-sanitizer on small calls of every op and backend"
   if command -v compute-sanitizer >/dev/null; then
-    tools="memcheck racecheck synccheck"
-    [ $QUICK = 1 ] && tools="memcheck"
-    for tool in $tools; do
-      run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
-    done
+    if [ $QUICK = 1 ]; then
+      # every case under memcheck, then racecheck on the cuda kernels' refilled pipeline slots,
+      # split-K and the conv (the shared-memory hazards only a GPU can show)
+      run compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" bench/sanitizer_case.py
+      run compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" bench/sanitizer_case.py --cases pipeline,split,conv --backends cuda
+    else
+      for tool in memcheck racecheck synccheck; do
+        run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
+      done
+    fi
   else
     echo "compute-sanitizer not found; skipped"
   fi

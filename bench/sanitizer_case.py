@@ -1,16 +1,30 @@
 """Small calls of each op on every GPU backend that can run it, for compute-sanitizer.
 
-Odd sizes (M = 3 and M tails past a tile, N tails) so out-of-bounds accesses in predicated
-loads would show; one case large enough for the CUDA GEMM's large tile. Shapes respect the
-cuda kernels' limits (N % 16, K % 64 for fp16 / % 128 for int8, Cin % 8), or they would be
-skipped there.
+Cases (``--cases``, default all):
+
+- ``small``: odd sizes (M = 3, M tails past a tile, N tails), so out-of-bounds accesses in
+  predicated loads would show; one call large enough for the CUDA GEMM's large tile.
+- ``pipeline``: K = 640, more K stages than the CUDA GEMMs' cp.async pipeline has slots
+  (10 fp16 stages, 5 int8 ones against 4 / 3 slots), so every slot is refilled while
+  another is read: the case racecheck and synccheck need.
+- ``split``: M = 3, N = K = 1024 with the CUDA GEMMs forced to 3 K slices, so the
+  partial-sum kernels and the reduction run.
+- ``conv``: a 3x3 conv with Cin = 24 (K = 216, padded to 256: the K tail) and one with
+  Cin = 64 (K = 576, 9 stages: the pipeline wraps).
+
+Shapes respect the cuda kernels' limits (N % 16, K % 64 for fp16 / % 128 for int8, Cin % 8),
+or they would be skipped there.
 """
+
+import argparse
 
 import torch
 
 from sparsedm import ops
 from sparsedm.formats import compress24, mask24, quantize_weight_int8
-from sparsedm.ops import registry
+from sparsedm.ops import cuda_backend, registry
+
+CASES = ("small", "pipeline", "split", "conv")
 
 
 def linear_calls(m: int, n: int, k: int, dev: str = "cuda") -> dict:
@@ -29,28 +43,71 @@ def linear_calls(m: int, n: int, k: int, dev: str = "cuda") -> dict:
     }
 
 
-def conv_call(dev: str = "cuda") -> tuple:
-    cw = torch.randn(32, 24, 3, 3, device=dev, dtype=torch.float16)  # Cout 32: whole mma tiles; K = 216 pads to 256
+def gemm_calls(m: int, n: int, k: int, dev: str = "cuda") -> dict:
+    calls = linear_calls(m, n, k, dev)
+    return {op: args for op, args in calls.items() if op.endswith("linear")}
+
+
+def conv_call(cout: int, cin: int, dev: str = "cuda") -> tuple:
+    cw = torch.randn(cout, cin, 3, 3, device=dev, dtype=torch.float16)
     cw = cw * mask24(cw)
     cv, cm = compress24(cw)
-    cx = torch.randn(1, 24, 7, 9, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    cx = torch.randn(1, cin, 7, 9, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     return (cx, cv, cm, None, list(cw.shape), [1, 1], [1, 1], [1, 1], "none")
 
 
-def main() -> None:
+def build_cases(names, dev: str = "cuda") -> list:
+    """``(name, {op: args}, cuda split-K)`` per selected case."""
+    cases = []
+    if "small" in names:
+        cases += [("small", linear_calls(3, 48, 128, dev), 0), ("small", linear_calls(1100, 2064, 128, dev), 0)]
+    if "pipeline" in names:  # M = 3: the small tile; M = 100: the large one
+        cases += [("pipeline", gemm_calls(3, 48, 640, dev), 0), ("pipeline", gemm_calls(100, 144, 640, dev), 0)]
+    if "split" in names:
+        cases.append(("split", gemm_calls(3, 1024, 1024, dev), 3))
+    if "conv" in names:
+        cases.append(("conv", {"sparse24_conv2d": conv_call(32, 24, dev)}, 0))  # K = 216 pads to 256
+        cases.append(("conv", {"sparse24_conv2d": conv_call(32, 64, dev)}, 0))  # K = 576: 9 stages
+    return cases
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)} (default: all)")
+    parser.add_argument("--backends", default="", help="comma-separated backend names (default: every GPU backend that can run)")
+    args = parser.parse_args(argv)
+    args.cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    args.backends = [b for b in args.backends.split(",") if b]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.manual_seed(0)
-    cases = [linear_calls(3, 48, 128), linear_calls(1100, 2064, 128)]
-    cases.append({"sparse24_conv2d": conv_call()})
+    cases = build_cases(args.cases)
+    split_default = cuda_backend.SPLIT_K
+    ran = 0
     for backend in registry.backends():
-        if backend.name == "reference":
+        if backend.name == "reference" or (args.backends and backend.name not in args.backends):
             continue
-        for calls in cases:
-            for op, args in calls.items():
-                if registry.why_not(backend, op, args) is None:
+        for name, calls, split_k in cases:
+            for op, op_args in calls.items():
+                if registry.why_not(backend, op, op_args) is not None:
+                    continue
+                cuda_backend.SPLIT_K = split_k if backend.name == "cuda" and split_k else split_default
+                try:
                     with ops.use_backend(backend.name):
-                        getattr(torch.ops.sparsedm, op)(*args)
+                        getattr(torch.ops.sparsedm, op)(*op_args)
                     torch.cuda.synchronize()
-                    print(f"ran {op} {tuple(args[0].shape)} on {backend.name}")
+                finally:
+                    cuda_backend.SPLIT_K = split_default
+                ran += 1
+                print(f"ran {name}: {op} {tuple(op_args[0].shape)} on {backend.name}" + (f" split_k={split_k}" if split_k and backend.name == "cuda" else ""))
+    if ran == 0:
+        raise SystemExit("sanitizer_case: no (op, backend) pair could run: nothing was checked")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,12 @@ std::tuple<at::Tensor, at::Tensor> relayout(const at::Tensor& src, const std::op
   const int64_t src_cols = family == SPARSEDM_D8 ? K : K / 2;
   TORCH_CHECK(src.dim() == 2 && src.size(0) == N && src.size(1) == src_cols, op, ": src must be [N, ",
               family == SPARSEDM_D8 ? "K" : "K/2", "] = [", N, ", ", src_cols, "], got ", src.sizes());
+  // The kernel reads src as 32-bit words: the element size decides what a word holds.
+  const int64_t elem = family == SPARSEDM_SP16 ? 2 : 1;
+  TORCH_CHECK(src.element_size() == elem, op, ": src must hold ", family == SPARSEDM_SP16 ? "float16/bfloat16" : "int8",
+              " values for this family, got ", src.scalar_type());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(src.data_ptr()) % 4 == 0, op,
+              ": src must start on a 4-byte boundary (it is read as 32-bit words); pass src.clone()");
   c10::cuda::CUDAGuard guard(src.device());
   long meta_words = 0;
   const long w_words = sparsedm_cuda_relayout_words(static_cast<int>(family), static_cast<int>(N), static_cast<int>(K), &meta_words);

@@ -18,7 +18,7 @@ enum sparsedm_cuda_status {
   SPARSEDM_ERR_BAD_ARG = 4,       // null pointer, M < 1, bad activation or family
   SPARSEDM_ERR_ARCH = 5,          // the device is older than sm_80 (no mma.sp / cp.async)
   SPARSEDM_ERR_CUDA = 6,          // a CUDA runtime call failed (launch, attribute)
-  SPARSEDM_ERR_ALIGN = 7,         // a pointer is not 16-byte aligned
+  SPARSEDM_ERR_ALIGN = 7,         // a pointer is not 16-byte aligned (4 bytes: the re-layout source)
   SPARSEDM_ERR_C_ALIGN = 8,       // conv: input channels C is not a multiple of 8
   SPARSEDM_ERR_TOO_LARGE = 9,     // M > 2^31 - 2^18 tokens / output pixels, or conv N*H >= 2^31 or K > 2^30
 };
@@ -86,7 +86,7 @@ int sparsedm_cuda_int8_gemm(int family, const int8_t* q, const float* x_scale, c
 // re-laid out by sparsedm_cuda_relayout(SPARSEDM_SP16, ..., Cout, K padded). P, Q follow
 // F.conv2d. dtype: SPARSEDM_F16 or SPARSEDM_BF16 (x, y, residual); bias float32 [Cout] or
 // null; residual NHWC [N, P, Q, Cout] or null (added after the activation). C % 8 == 0,
-// Cout % 16 == 0; x, y, residual contiguous NHWC and 16-byte aligned; N*P*Q <=
+// Cout % 16 == 0; x, y, residual contiguous NHWC, x 16-byte aligned; N*P*Q <=
 // SPARSEDM_MAX_TOKENS, N*H < 2^31, kh*kw*C <= 2^30 (else SPARSEDM_ERR_TOO_LARGE). No split-K.
 int sparsedm_cuda_sparse24_conv2d(const void* x, const uint32_t* w, const uint32_t* meta, const float* bias,
                                   const void* residual, void* y, int N, int H, int W, int C, int Cout, int kh, int kw,

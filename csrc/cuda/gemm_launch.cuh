@@ -5,6 +5,11 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <utility>
+
 #include "gemm_api.h"
 #include "gemm_mma.cuh"
 
@@ -25,22 +30,69 @@ using Small = gemm::TileConfig<4, 1, 1, 2, 4>;
 
 void remember_cuda_error(cudaError_t err);
 
+// Compute capability major and SM count of a device, read from the runtime once per device:
+// a launch at M = 1 runs for microseconds, and these queries ran on every call before.
+struct DeviceAttrs {
+  int major;
+  int sms;
+};
+constexpr int kMaxCachedDevices = 64;
+
+inline cudaError_t device_attrs(int dev, DeviceAttrs* a) {
+  static std::atomic<int> major[kMaxCachedDevices], sms[kMaxCachedDevices];  // 0 = not read yet
+  const bool cached = dev >= 0 && dev < kMaxCachedDevices;
+  if (cached && major[dev].load(std::memory_order_acquire) > 0) {
+    a->major = major[dev].load(std::memory_order_relaxed);
+    a->sms = sms[dev].load(std::memory_order_relaxed);
+    return cudaSuccess;
+  }
+  cudaError_t err = cudaDeviceGetAttribute(&a->major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&a->sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  if (cached) {
+    sms[dev].store(a->sms, std::memory_order_relaxed);
+    major[dev].store(a->major, std::memory_order_release);  // published after sms
+  }
+  return cudaSuccess;
+}
+
 inline int device_check(void) {
-  int dev = 0, major = 0;
+  int dev = 0;
+  DeviceAttrs a{};
   cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err == cudaSuccess) err = device_attrs(dev, &a);
   if (err != cudaSuccess) {
     remember_cuda_error(err);
     return SPARSEDM_ERR_CUDA;
   }
-  return major >= 8 ? SPARSEDM_OK : SPARSEDM_ERR_ARCH;
+  return a.major >= 8 ? SPARSEDM_OK : SPARSEDM_ERR_ARCH;
 }
 
 inline int sm_count(void) {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return 108;
-  return n;
+  int dev = 0;
+  DeviceAttrs a{};
+  if (cudaGetDevice(&dev) != cudaSuccess || device_attrs(dev, &a) != cudaSuccess) return 108;
+  return a.sms;
+}
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (kernel, device): the limit is a
+// property of the function on that device, and `smem` is fixed per kernel instantiation.
+inline cudaError_t allow_dynamic_smem(const void* kernel, int smem) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.count({kernel, dev})) return cudaSuccess;
+  }
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err == cudaSuccess) {
+    std::lock_guard<std::mutex> lock(mu);
+    done.insert({kernel, dev});
+  }
+  return err;
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -53,7 +105,7 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // needs M / BT <= 65535 (launch_gemm checks). CUDA failures become error codes.
 template <class Cfg, class Kernel, class... Args>
 int launch_tiles(Kernel kernel, int smem, const gemm::GemmParams& p, int splits, cudaStream_t stream, const Args&... args) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   if (err != cudaSuccess) {
     remember_cuda_error(err);
     return SPARSEDM_ERR_CUDA;

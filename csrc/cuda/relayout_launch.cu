@@ -26,7 +26,7 @@ extern "C" const char* sparsedm_cuda_error_string(int status) {
     case SPARSEDM_ERR_BAD_ARG: return "invalid argument (null pointer, empty size or unknown activation/family)";
     case SPARSEDM_ERR_ARCH: return "the GPU is older than compute capability 8.0 (mma.sp needs sm_80+)";
     case SPARSEDM_ERR_CUDA: return "a CUDA runtime call failed";
-    case SPARSEDM_ERR_ALIGN: return "a tensor is not 16-byte aligned";
+    case SPARSEDM_ERR_ALIGN: return "a tensor is not aligned (16 bytes for the GEMM and conv operands, 4 for the re-layout source)";
     case SPARSEDM_ERR_C_ALIGN: return "conv input channels must be a multiple of 8 (the layer stays on another backend)";
     case SPARSEDM_ERR_TOO_LARGE:
       return "a size exceeds the kernels' int32 index range (tokens / conv output pixels N*P*Q must be <= 2^31 - 2^18; "
@@ -54,6 +54,7 @@ extern "C" int sparsedm_cuda_relayout(int family, const void* src, const uint8_t
   if (family != SPARSEDM_D8 && (meta == nullptr || out_meta == nullptr)) return SPARSEDM_ERR_BAD_ARG;
   if (N % 16 != 0) return SPARSEDM_ERR_N_ALIGN;
   if (K % sparsedm_cuda_k_multiple(family) != 0) return SPARSEDM_ERR_K_ALIGN;
+  if (reinterpret_cast<uintptr_t>(src) % 4 != 0) return SPARSEDM_ERR_ALIGN;  // read as 32-bit words
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const uint32_t* src_w = static_cast<const uint32_t*>(src);
   const long nw = relayout::a_words(family, N, K), nm = relayout::meta_words(family, N, K);

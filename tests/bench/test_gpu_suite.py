@@ -116,7 +116,9 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     assert "--shapes square,small-m,uvit-l2" in calls[_index(calls, "--op linear")]
     assert "--shapes ddpm-unet,sd15-unet" in calls[_index(calls, "--op conv")]
     sanitizer = [c for c in calls if "TOOL compute-sanitizer" in c]
-    assert len(sanitizer) == 1 and "--tool memcheck" in sanitizer[0], sanitizer
+    assert [s.split("--tool ")[1].split()[0] for s in sanitizer] == ["memcheck", "racecheck"], sanitizer
+    assert sanitizer[0].endswith("bench/sanitizer_case.py"), sanitizer  # every case
+    assert sanitizer[1].endswith("bench/sanitizer_case.py --cases pipeline,split,conv --backends cuda"), sanitizer
     assert "-arch=sm_90 " in calls[_index(calls, "TOOL nvcc -std")] and f"{STEM}mma-probe.json" in calls[_index(calls, "TOOL probe")]
     # the result files are packed (more than six), the log stays beside the archive
     archives = sorted(p for p in os.listdir(suite.out) if p.endswith(".tar.gz"))
