@@ -329,8 +329,9 @@ def test_split_k_private_op_residual_and_auto_rule():
 
 def test_private_ops_refuse_bad_arguments():
     """The private ops check what the kernels would otherwise read out of bounds or divide by:
-    re-layout word counts (a weight of another shape), K = 0, the int8 family, a conv stride
-    of 0 and a weight relaid for another Cin. Each is a readable RuntimeError, not a crash."""
+    re-layout word counts (a weight of another shape), a re-layout source of the wrong element
+    size or off a 4-byte boundary, K = 0, the int8 family, a conv stride of 0 and a weight relaid
+    for another Cin. Each is a readable RuntimeError, not a crash."""
     _need_cuda_backend()
     from sparsedm.ops import cuda_backend
 
@@ -343,6 +344,15 @@ def test_private_ops_refuse_bad_arguments():
         gemm(x[:, :256].contiguous(), w, mw, None, None, n, 0, 0)  # w was laid out for K = 512
     with pytest.raises(RuntimeError, match="meta must be the int32 re-layout"):
         gemm(x, w, mw[:-1].contiguous(), None, None, n, 0, 0)
+    relayout24 = torch.ops.sparsedm._cuda_relayout24
+    with pytest.raises(RuntimeError, match="src must hold float16/bfloat16 values"):
+        relayout24(values.float(), meta, cuda_backend.SP16, n, k)  # 4-byte elements would be read as pairs
+    with pytest.raises(RuntimeError, match="src must hold int8 values"):
+        relayout24(values, meta, cuda_backend.SP8, n, k)
+    shifted = torch.empty(values.numel() + 1, device="cuda", dtype=values.dtype)[1:].view_as(values).copy_(values)
+    with pytest.raises(RuntimeError, match="4-byte boundary"):
+        relayout24(shifted, meta, cuda_backend.SP16, n, k)
+    assert torch.equal(relayout24(shifted.clone(), meta, cuda_backend.SP16, n, k)[0], w)  # the fix the message names
     with pytest.raises(RuntimeError, match="non-empty last dimension"):
         gemm(x[:, :0].contiguous(), w, mw, None, None, n, 0, 0)
     with pytest.raises(RuntimeError, match="non-empty last dimension"):
