@@ -57,12 +57,13 @@ def need_backend(name: str) -> None:
 
 
 def spills_known(row: dict) -> bool:
-    """Whether an AOT row's spill count (``local_bytes``) was read. It may only be missing when
-    cuobjdump (shipped in the triton wheel) is: a report that cuobjdump gave but that was not
-    understood fails instead of silently skipping the spill check."""
+    """Whether an AOT row's spill count (``spill_bytes``) was read. It may only be missing when
+    cuobjdump or ptxas (shipped in the triton wheel) is: a report that they gave but that was
+    not understood fails instead of silently skipping the spill check."""
     from sparsedm.kernels import aot
 
-    if row["local_bytes"] is None:
-        assert aot._cuda_tool("cuobjdump") is None, "cuobjdump is there but its -res-usage report was not understood"
+    if row["spill_bytes"] is None:
+        assert aot._cuda_tool("cuobjdump") is None or aot._ptxas(row.get("cc", 90)) is None, (
+            "cuobjdump and ptxas are there but their reports were not understood")
         return False
     return True

@@ -109,6 +109,8 @@ template <> __device__ __forceinline__ float load_float<__half>(const __half* p)
 template <> __device__ __forceinline__ float load_float<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 template <> __device__ __forceinline__ float load_float<float>(const float* p) { return *p; }
 
+__device__ __forceinline__ float nan_max(float a, float b) { return (b != b || b > a) ? b : a; }
+
 // Per-token symmetric int8 quantization, one warp per row (sparsedm.formats.int8 contract):
 // s = max|x_row| / 127 (float32), q = round_half_even(x / s) clamped to [-127, 127], a zero
 // row gives s = 0 and q = 0. With static_scale (float32, 1 element or [M]) s is taken from it.
@@ -124,10 +126,12 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, int8_t* __restrict
   if (static_scale != nullptr) {
     s = static_scale[static_numel == 1 ? 0 : row];
   } else {
+    // NaN-propagating max (fmaxf skips NaN): a row holding a NaN gets a NaN scale and codes 0,
+    // as torch's amax gives, so the GEMM's output row is NaN rather than silently finite.
     float amax = 0.f;
-    for (int k = lane; k < K; k += 32) amax = fmaxf(amax, fabsf(load_float(xr + k)));
+    for (int k = lane; k < K; k += 32) amax = nan_max(amax, fabsf(load_float(xr + k)));
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    for (int o = 16; o > 0; o >>= 1) amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     s = __fdiv_rn(amax, 127.f);
   }
   if (lane == 0) scale_out[row] = s;

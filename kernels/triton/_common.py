@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -55,8 +57,9 @@ def candidates(configs: list) -> list:
 TILE_PARAMETERS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
 
 
-def check_tile_config(config, where: str) -> None:
-    """A ``config=`` forced on a launcher sets exactly TILE_PARAMETERS, powers of two, blocks >= 16."""
+def check_tile_config(config, where: str, int8: bool = False) -> None:
+    """A ``config=`` forced on a launcher sets exactly TILE_PARAMETERS, powers of two, blocks >= 16
+    (BLOCK_K >= 32 for int8 operands: the smallest K of an 8-bit ``tl.dot`` on NVIDIA GPUs)."""
     from sparsedm.ops.checks import OpArgumentError
 
     kwargs = getattr(config, "kwargs", None)
@@ -65,6 +68,21 @@ def check_tile_config(config, where: str) -> None:
     if not all(isinstance(v, int) and v >= 1 and v & (v - 1) == 0 for v in kwargs.values()) or min(
             kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"]) < 16:
         raise OpArgumentError(f"config {kwargs}: every value must be a power of two and BLOCK_M/N/K >= 16 (tl.dot's smallest tile)")
+    if int8 and kwargs["BLOCK_K"] < 32:
+        raise OpArgumentError(f"config {kwargs}: the int8 ops need BLOCK_K >= 32 (an 8-bit tl.dot's smallest K)")
+
+
+def launches_on_first_tensor(fn):
+    """Run a launcher with its first argument's GPU as the current device: Triton launches on
+    the *current* CUDA device and its stream, so a model on cuda:1 would otherwise run (and
+    fail) on cuda:0."""
+
+    @functools.wraps(fn)
+    def wrapped(t, *args, **kwargs):
+        with torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext():
+            return fn(t, *args, **kwargs)
+
+    return wrapped
 
 
 def device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:

@@ -3,7 +3,7 @@
 ``compile_for`` builds one kernel configuration for a compute capability with
 ``triton.compile`` and a ``GPUTarget``, and reports what a kernel engineer checks without a
 GPU: the tensor-core instructions in the PTX, registers, spills and shared memory (read from
-the cubin with the ``cuobjdump`` that ships inside the triton wheel).
+the cubin with the ``cuobjdump`` that ships inside the triton wheel, spills with its ``ptxas -v``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["CompiledConfig", "compile_for", "tensor_core_instructions"]
 
 _MMA = re.compile(r"\b(mma\.sync\.aligned\.[\w.]+|mma\.sp[\w:.]*|wgmma\.mma_async[\w.]*)")
 _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_TARGET = re.compile(r"^\s*\.target\s+(sm_\w+)", re.MULTILINE)
 
 
 @dataclass
@@ -32,9 +34,13 @@ class CompiledConfig:
     ptx: str
     registers: int | None
     stack_bytes: int | None
-    local_bytes: int | None  # spills land in local memory
+    local_bytes: int | None  # local memory reported by cuobjdump
     shared_bytes: int
     sass: str | None
+    # Bytes of spill stores + loads per thread (ptxas -v). A spill can land in the ABI stack
+    # frame, where cuobjdump's LOCAL stays 0: so a kernel with a stack frame is run through
+    # ptxas -v. None when cuobjdump or ptxas is missing.
+    spill_bytes: int | None = None
 
     @property
     def mma(self) -> list[str]:
@@ -67,6 +73,36 @@ def _cubin_report(cubin: bytes, want_sass: bool):
     return regs, stack, local, sass
 
 
+def _ptxas(cc: int) -> str | None:
+    """The ptxas the installed Triton compiles sm_{cc} with (it ships two; which serves an arch
+    differs between versions)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(cc).path
+    except (ImportError, AttributeError, RuntimeError):
+        return _cuda_tool("ptxas")
+
+
+def ptxas_spill_bytes(ptx: str, cc: int) -> int | None:
+    """Spill stores + loads that ``ptxas -v`` reports for a PTX listing compiled for sm_{cc}
+    (its own ``.target``); None without a ptxas."""
+    tool = _ptxas(cc)
+    target = _TARGET.search(ptx)
+    if tool is None or target is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([tool, f"-arch={target.group(1)}", "-v", src, "-o", os.path.join(tmp, "kernel.cubin")],
+                              capture_output=True, text=True)
+    found = _SPILLS.findall(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"ptxas -v gave no spill report (exit {proc.returncode}): {(proc.stdout + proc.stderr)[-800:]}")
+    return sum(int(stores) + int(loads) for stores, loads in found)
+
+
 def compile_for(
     kernel: Any,
     signature: Mapping[str, str],
@@ -97,5 +133,13 @@ def compile_for(
     }
     src = ASTSource(fn=fn, signature=dict(signature), constexprs=dict(constexprs), attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    ptx = compiled.asm["ptx"]
     regs, stack, local, sass = _cubin_report(compiled.asm["cubin"], want_sass)
-    return CompiledConfig(cc, compiled.asm["ptx"], regs, stack, local, int(compiled.metadata.shared), sass)
+    if stack is None:
+        spills = None
+    elif stack == 0:
+        spills = local  # no stack frame: nothing spilled there
+    else:
+        spilled = ptxas_spill_bytes(ptx, cc)
+        spills = None if spilled is None else spilled + local
+    return CompiledConfig(cc, ptx, regs, stack, local, int(compiled.metadata.shared), sass, spills)

@@ -26,7 +26,7 @@ import triton.language as tl
 from sparsedm.formats import Sparse24FormatError
 from sparsedm.formats import compress24 as _compress24_format
 from sparsedm.formats import decompress24 as _decompress24_format
-from sparsedm.kernels._common import INTERPRET, device_reason
+from sparsedm.kernels._common import INTERPRET, device_reason, launches_on_first_tensor
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
@@ -177,6 +177,7 @@ def _flag_grid(n: int, pairs: int, device) -> tuple[torch.Tensor, tuple[int, int
     return torch.empty((n, grid[1]), dtype=torch.int32, device=device), grid
 
 
+@launches_on_first_tensor
 def compress24(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2:4-sparse ``w [N, K]`` (any strides) -> canonical ``(values [N, K/2], meta uint8 [N, K/8])``.
 
@@ -215,6 +216,7 @@ def compress24(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, meta
 
 
+@launches_on_first_tensor
 def decompress24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Canonical ``(values [N, K/2], meta uint8 [N, K/8])`` (any strides) -> dense ``[N, K]``."""
     n, k = checks.check_compressed_pair("decompress24", values, meta)

@@ -29,7 +29,9 @@ import triton
 import triton.language as tl
 
 from sparsedm.kernels import _common
-from sparsedm.kernels._common import ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason
+from sparsedm.kernels._common import (
+    ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, device_reason, launches_on_first_tensor,
+)
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
 
@@ -178,32 +180,63 @@ _CONFIGS = [
     _cfg(64, 64, 32, 4, 4),
 ]
 
+# NCHW input (channel stride != 1): the channel gather is strided, one address per element, and
+# every tile above spills on sm_80 and sm_90 (200 B to 3.4 KiB per thread, ptxas -v). These do
+# not (table in docs/KERNELS.md). channels_last is the fast layout either way.
+_NCHW_CONFIGS = [
+    _cfg(128, 64, 32, 8, 3),
+    _cfg(64, 128, 32, 8, 3),
+    _cfg(64, 64, 32, 8, 4),
+    _cfg(64, 64, 16, 4, 4),
+]
+
+# float32 (IEEE dots, an FMA loop holding a BLOCK_K slab of both operands in registers), either
+# layout: the 32- and 64-deep tiles above use up to 147 KiB of shared memory (past sm_86/89's
+# 99 KiB) and some spill; these 16-deep ones fit both without spills in either layout (128x64
+# and 64x64 with 4 warps spill 16 bytes with an NCHW input on sm_90).
+_FP32_CONFIGS = [
+    _cfg(64, 64, 16, 8, 4),
+    _cfg(64, 128, 16, 8, 3),
+]
+
 # Under TRITON_INTERPRET=1 one small config keeps the CPU tests fast; no autotuning.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 
 
-def conv_configs(M: int, Cout: int, C: int) -> list:
-    """The autotune candidates for one shape bucket (see the table above)."""
+def config_list(fp32: bool = False, channels_last: bool = True) -> list:
+    """The candidate list for float32 operands (any layout), NCHW input, or channels_last."""
+    if fp32:
+        return _FP32_CONFIGS
+    return _CONFIGS if channels_last else _NCHW_CONFIGS
+
+
+def conv_configs(M: int, Cout: int, C: int, fp32: bool = False, channels_last: bool = True) -> list:
+    """The autotune candidates for one shape bucket (see the table above) from ``config_list``;
+    the BLOCK_K rule does not apply to float32 (16 deep throughout). A bucket the rules leave
+    empty gets the list's last (smallest) config."""
+    configs = config_list(fp32, channels_last)
     bn = 64 if Cout <= 64 else None
-    bk = 32 if C < 64 else None
+    bk = 32 if C < 64 and not fp32 else None
     bm = 64 if M < 4096 else None
     out = [
-        c for c in _CONFIGS
+        c for c in configs
         if (bn is None or c.kwargs["BLOCK_N"] == bn)
         and (bk is None or c.kwargs["BLOCK_K"] == bk)
         and (bm is None or c.kwargs["BLOCK_M"] == bm)
     ]
-    return out or [_cfg(64, 64, 32, 4, 4)]
+    return out or configs[-1:]
 
 
 def _prune(configs, named_args, **kwargs):
-    allowed = {id(c) for c in conv_configs(named_args["M"], named_args["Cout"], named_args["C"])}
-    kept = [c for c in configs if id(c) in allowed] or configs[-1:]
+    fp32 = named_args["x_ptr"].dtype == torch.float32
+    bucket = conv_configs(named_args["M"], named_args["Cout"], named_args["C"], fp32, named_args["stride_xc"] == 1)
+    allowed = {id(c) for c in bucket}
+    kept = [c for c in configs if id(c) in allowed] or bucket[:1]
     return _common.candidates(kept)  # the bucket's first only under SPARSEDM_TRITON_AUTOTUNE=0
 
 
 _sparse24_conv2d_tuned = triton.autotune(
-    configs=_CONFIGS,
+    configs=_CONFIGS + _NCHW_CONFIGS + _FP32_CONFIGS,
     key=["M", "C", "Cout", "TAPS", "stride_xc", "stride_yc"],
     prune_configs_by={"early_config_prune": _prune},
     do_bench=autotune_bench,
@@ -255,6 +288,7 @@ def _supports(x, values, meta, bias, weight_shape, stride, padding, dilation, ac
     return None
 
 
+@launches_on_first_tensor
 def sparse24_conv2d(
     x: torch.Tensor,          # [N, C, H, W] fp16/bf16/fp32, NCHW or channels_last (any strides)
     values: torch.Tensor,     # [Cout, K/2], x's dtype, K = kh*kw*Cin (KRSC view, canonical 2:4)
@@ -293,6 +327,8 @@ def sparse24_conv2d(
         values = values.contiguous()
     if meta.stride(1) != 1:
         meta = meta.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()  # read as bias_ptr + co
     args = (
         x, values, meta, bias if bias is not None else values, y,
         m, c, h, w, cout, oh, ow, kw, kh * kw,
@@ -310,7 +346,7 @@ def sparse24_conv2d(
     if config is None and not _common.TUNE and not INTERPRET:
         # SPARSEDM_TRITON_AUTOTUNE=0: the bucket's first candidate, launched directly (an
         # autotuner left with one pruned config still times it on some triton versions)
-        config = conv_configs(m, cout, c)[0]
+        config = conv_configs(m, cout, c, x.dtype == torch.float32, x.stride(1) == 1)[0]
     if config is not None or INTERPRET:
         if config is not None:
             _common.check_tile_config(config, "conv2d.conv_configs")

@@ -26,6 +26,7 @@ import triton.language as tl
 
 from sparsedm.kernels._common import (
     ACTIVATION_CODE, INTERPRET, apply_activation, autotune_bench, candidates, check_tile_config, device_reason,
+    launches_on_first_tensor,
 )
 from sparsedm.ops import checks
 from sparsedm.ops.registry import register_kernel
@@ -82,18 +83,26 @@ def _quantize_rows_kernel(
     x_row = x_ptr + row * stride_xm
     q_row = q_ptr + row * K
     offs = tl.arange(0, BLOCK_K)
+    # A NaN in the row makes its scale NaN (codes 0, so the GEMM's output row is NaN), as torch's
+    # amax does: the GPU's max.f32 would skip it and quantize the row as if it were absent.
     if SINGLE_PASS:
         mask = offs < K
         v = tl.load(x_row + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.math.div_rn(tl.max(tl.abs(v), axis=0), 127.0)
+        a = tl.abs(v)
+        nans = tl.max((a != a).to(tl.int32), axis=0)
+        scale = tl.math.div_rn(tl.max(a, axis=0), 127.0)
+        scale = tl.where(nans > 0, float("nan"), scale)
         tl.store(q_row + offs, _quantize_int8(v, scale), mask=mask)
     else:
         absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        nan_seen = tl.zeros([BLOCK_K], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
-            v = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            absmax = tl.maximum(absmax, tl.abs(v))
+            a = tl.abs(tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32))
+            absmax = tl.maximum(absmax, a)
+            nan_seen = tl.maximum(nan_seen, (a != a).to(tl.int32))
         scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)
+        scale = tl.where(tl.max(nan_seen, axis=0) > 0, float("nan"), scale)
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
             v = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
@@ -366,28 +375,54 @@ _SPLIT_K_CONFIGS = [
     # M in 17..64 in one row tile, so each weight byte is read once.
     triton.Config({"BLOCK_M": 64, "BLOCK_N": SPLIT_K_BLOCK_N, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=4),
 ]
+# float32 activations (sparse24_linear only: the int8 paths multiply int8 codes) take IEEE fp32
+# dots, an FMA loop that holds a BLOCK_K slab of both operands in registers. With the tiles
+# above it spills 4-12 KiB of stack per thread, and their shared memory (up to 256 KiB) is past
+# sm_86/89's 99 KiB. These fit both, without spills (AOT table in docs/KERNELS.md). A
+# correctness path, not a fast one: under backend="auto" float32 layers go to cuBLAS.
+_FP32_SMALL_M_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 1}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 1}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 1}, num_warps=8, num_stages=4),
+]
+_FP32_LARGE_M_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=8, num_stages=4),
+]
+_FP32_SPLIT_K_CONFIGS = _FP32_SMALL_M_CONFIGS  # every one has BLOCK_N = SPLIT_K_BLOCK_N
 # The interpreter runs every program in numpy: one small config, so tests do not autotune and
 # the test shapes (N=24, K=40, 72) still cross block borders in N and K.
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)
 
 
-def configs_for(m: int, split_k: int = 1) -> list:
-    """The autotune candidates for a GEMM with ``m`` rows split ``split_k`` ways along K.
-
-    One config in the interpreter.
+def configs_for(m: int, split_k: int = 1, fp32: bool = False) -> list:
+    """The autotune candidates for a GEMM with ``m`` rows split ``split_k`` ways along K;
+    ``fp32``: float32 operands (IEEE dots). One config in the interpreter.
     """
     if INTERPRET:
         return [_INTERPRET_CONFIG]
     if split_k > 1:
-        return _SPLIT_K_CONFIGS
-    return _SMALL_M_CONFIGS if m <= SMALL_M else _LARGE_M_CONFIGS
+        return _FP32_SPLIT_K_CONFIGS if fp32 else _SPLIT_K_CONFIGS
+    if m <= SMALL_M:
+        return _FP32_SMALL_M_CONFIGS if fp32 else _SMALL_M_CONFIGS
+    return _FP32_LARGE_M_CONFIGS if fp32 else _LARGE_M_CONFIGS
 
 
 _AUTOTUNE_KEY = ["M_BUCKET", "N", "K"]
-_linear_small_m = triton.autotune(configs=candidates(configs_for(1)), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
-_linear_large_m = triton.autotune(configs=candidates(configs_for(SMALL_M + 1)), key=_AUTOTUNE_KEY, do_bench=autotune_bench)(_linear_kernel)
-_linear_split_k = triton.autotune(configs=candidates(configs_for(1, split_k=2)), key=_AUTOTUNE_KEY + ["SPLIT_K"],
-                                  do_bench=autotune_bench)(_linear_kernel)
+
+
+def _tuner(m: int, split_k: int = 1, fp32: bool = False):
+    key = _AUTOTUNE_KEY + (["SPLIT_K"] if split_k > 1 else [])
+    return triton.autotune(configs=candidates(configs_for(m, split_k, fp32)), key=key, do_bench=autotune_bench)(_linear_kernel)
+
+
+_linear_small_m = _tuner(1)
+_linear_large_m = _tuner(SMALL_M + 1)
+_linear_split_k = _tuner(1, split_k=2)
+_linear_small_m_fp32 = _tuner(1, fp32=True)
+_linear_large_m_fp32 = _tuner(SMALL_M + 1, fp32=True)
+_linear_split_k_fp32 = _tuner(1, split_k=2, fp32=True)
 
 # The split-K rule (docs/KERNELS.md, "Split-K"). PROVISIONAL: unmeasured on a GPU.
 SPLIT_K_WAVES = 2  # aim at about 2 CTAs per SM: these tiles fit 1-4 per SM (up to 255 registers x 128 threads)
@@ -440,21 +475,24 @@ AOT_VARIANTS = {
     "int8_splitk": ("i8", "i8", False, True, False, True),
     "sparse_fp16_splitk": ("fp16", "fp16", True, False, False, True),
     "sparse_int8_splitk": ("i8", "i8", True, True, False, True),
+    # float32 operands: IEEE dots (FMA, no tensor cores) on the float32 tile lists
+    "sparse_fp32": ("fp32", "fp32", True, False, False, False),
+    "sparse_fp32_splitk": ("fp32", "fp32", True, False, False, True),
 }
 
 
 def aot_spec(variant: str, config) -> tuple[dict, dict, tuple]:
     """``(signature, constexprs, divisible_by_16)`` of ``_linear_kernel`` as a real launch sees it.
 
-    ``config`` is a ``triton.Config`` (BLOCK_M/N/K, GROUP_M); output float16 (bfloat16 for
-    the bf16 variant), or the float32 / int32 workspace of a split-K variant; bias, no
+    ``config`` is a ``triton.Config`` (BLOCK_M/N/K, GROUP_M); output float16 (bfloat16 /
+    float32 for those variants), or the float32 / int32 workspace of a split-K variant; bias, no
     activation. Any other flag combination: ``aot_flags_spec``.
     """
     x_ty, w_ty, sparse, int8, quantize_x, partial = AOT_VARIANTS[variant]
     if partial:
         y_ty = "i32" if int8 else "fp32"
     else:
-        y_ty = "bf16" if x_ty == "bf16" else "fp16"
+        y_ty = x_ty if x_ty in ("bf16", "fp32") else "fp16"
     return aot_flags_spec(config, x=x_ty, w=w_ty, sparse=sparse, int8=int8, quantize_x=quantize_x,
                           per_token=int8 and not quantize_x, bias=True, activation=0, partial=partial, y=y_ty)
 
@@ -521,6 +559,7 @@ def _dtype_reason(x: torch.Tensor) -> Optional[str]:
     return None
 
 
+@launches_on_first_tensor
 def quantize_rows(x2d: torch.Tensor, block_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token int8 quantization of ``x2d`` [M, K] (float16/bfloat16/float32, any strides).
 
@@ -556,6 +595,7 @@ def _sm_count(device: torch.device) -> Optional[int]:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@launches_on_first_tensor
 def _launch_gemm(
     x2d: torch.Tensor,
     w: torch.Tensor,
@@ -606,15 +646,17 @@ def _launch_gemm(
     if int8:
         w_scale = w_scale.contiguous()
     per_token_scale = per_token or (int8 and not quantize_x)
+    fp32 = x2d.dtype == torch.float32 and not int8  # IEEE float32 dots: their own tiles
     if split_k > 1:  # partial sums of each K slice, reduced and finished by the second kernel
         out = torch.empty((split_k, m, n), dtype=torch.int32 if int8 else torch.float32, device=x2d.device)
-        kernel = _linear_split_k
+        kernel = _linear_split_k_fp32 if fp32 else _linear_split_k
+    elif m <= SMALL_M:
+        out, kernel = y, _linear_small_m_fp32 if fp32 else _linear_small_m
     else:
-        out = y
-        kernel = _linear_small_m if m <= SMALL_M else _linear_large_m
+        out, kernel = y, _linear_large_m_fp32 if fp32 else _linear_large_m
     forced = {}
     if config is not None:
-        check_tile_config(config, "linear.configs_for")
+        check_tile_config(config, "linear.configs_for", int8=int8)
         kernel, forced = _linear_kernel, config.all_kwargs()
     grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split_k)  # noqa: E731
     kernel[grid](

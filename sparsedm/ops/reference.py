@@ -8,6 +8,7 @@ are accumulated exactly (in float64, which holds any int8 x int8 sum up to K = 2
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -21,6 +22,22 @@ from sparsedm.ops import checks
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _ieee_float32_convs(x: torch.Tensor):
+    """cuDNN runs float32 convolutions in TF32 by default (``torch.backends.cudnn.allow_tf32``,
+    unlike cuBLAS matmuls): for the reference's float32 accumulation, switch that off around
+    its conv on a GPU, and restore the caller's setting."""
+    if not x.is_cuda:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
@@ -64,7 +81,8 @@ def sparse24_conv2d(
     )
     acc = _acc_dtype(x.dtype)
     w = _decompress24_format(values, meta, shape=weight_shape).to(acc)
-    y = F.conv2d(x.to(acc), w, None if bias is None else bias.to(acc), stride, padding, dilation)
+    with _ieee_float32_convs(x):
+        y = F.conv2d(x.to(acc), w, None if bias is None else bias.to(acc), stride, padding, dilation)
     y = apply_activation(y, activation).to(x.dtype)
     return y.contiguous(memory_format=checks.conv_output_memory_format(x))
 

@@ -327,6 +327,27 @@ def test_split_k_private_op_residual_and_auto_rule():
         assert _rel_err(y, ref) < 3e-3, f"split_k={split_k}"
 
 
+@pytest.mark.parametrize("k", [72 * 8, 4096])
+def test_quantize_rows_nan_row_like_torch(k):
+    """A NaN makes its row's scale NaN and codes 0, as torch's amax (fmaxf alone would skip it
+    and give a finite, wrong row); the int8 GEMM's output row is then NaN, the others exact."""
+    _need_cuda_backend()
+    from sparsedm.formats import quantize_activation_int8
+
+    torch.manual_seed(k)
+    x = torch.randn(6, k, device="cuda", dtype=torch.float16)
+    x[3, k // 3] = float("nan")
+    q, s_x = torch.ops.sparsedm._cuda_quantize_rows(x, None)
+    ref_q, ref_s = quantize_activation_int8(x)
+    assert torch.isnan(s_x[3]) and torch.equal(q[3], ref_q[3]) and not q[3].any()
+    rows = [0, 1, 2, 4, 5]
+    assert torch.equal(q[rows], ref_q[rows]) and torch.equal(s_x[rows], ref_s[rows])
+    w_q, w_scale = quantize_weight_int8(torch.randn(64, k, device="cuda"))
+    with registry.use_backend("cuda"):
+        y = torch.ops.sparsedm.int8_linear(x, w_q, w_scale, None, None)
+    assert torch.isnan(y[3]).all() and not torch.isnan(y[rows]).any()
+
+
 def test_private_ops_refuse_bad_arguments():
     """The private ops check what the kernels would otherwise read out of bounds or divide by:
     re-layout word counts (a weight of another shape), a re-layout source of the wrong element

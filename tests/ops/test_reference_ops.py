@@ -152,3 +152,22 @@ def test_int8_ops_fuse_the_activation(sparse, activation):
     assert_close_rel(y, ACT64[activation](_int8_formula(x, w_q, w_scale, bias)), 1e-5, f"int8 {activation}")
     with pytest.raises(OpArgumentError, match="activation"):
         ops.int8_linear(x, w_q, w_scale, bias, None, "relu")
+
+
+@pytest.mark.gpu
+def test_reference_conv_is_ieee_float32_on_gpu():
+    """cuDNN's default TF32 (about 1e-3 relative) would make the reference conv a loose oracle
+    on a GPU: it runs in IEEE float32 there, and the caller's TF32 setting is restored."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    w, values, meta = sparse_weight((64, 64, 3, 3), torch.float32, seed=21)
+    x = randn(2, 64, 16, 16, dtype=torch.float32, seed=22)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        y = ops.sparse24_conv2d(x.cuda(), values.cuda(), meta.cuda(), None, list(w.shape), 1, 1, 1, backend="reference")
+        assert torch.backends.cudnn.allow_tf32, "the caller's setting was not restored"
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    expected = F.conv2d(x.double(), w.double(), None, 1, 1, 1)
+    assert_close_rel(y.cpu(), expected, 1e-5, "reference conv float32 on the GPU")

@@ -41,8 +41,9 @@ LINEAR_SUBSET = [
 REDUCE_SUBSET = [(True, True, True, 2, "bf16"), (False, False, False, 0, "fp32"), (True, False, True, 3, "fp16")]
 # (x, BLOCK_K, single pass)
 QUANT_SUBSET = [("fp16", 4096, True), ("bf16", 1024, False), ("fp32", 64, True)]
-# (dtype, bias, activation, 64-bit offsets, channels_last, index into conv2d._CONFIGS)
-CONV_SUBSET = [("bf16", True, 2, False, False, 0), ("fp16", False, 0, True, True, 6), ("fp32", True, 1, False, True, 0),
+# (dtype, bias, activation, 64-bit offsets, channels_last, index into the list of
+# conv2d.config_list(dtype, layout): 0 the first, -1 the last)
+CONV_SUBSET = [("bf16", True, 2, False, False, 0), ("fp16", False, 0, True, True, -1), ("fp32", True, 1, False, True, 0),
                ("fp16", True, 3, False, True, 3)]
 
 
@@ -67,7 +68,7 @@ def _all_jobs():
     quant = [(x, bk, single) for x in FLOATS for bk, single in ((64, True), (4096, True), (4096, False), (1024, False))]
     conv = [(t, bias, act, False, cl, 0) for t in FLOATS for bias, act in ((True, 0), (True, 1), (True, 2), (True, 3), (False, 0))
             for cl in (True, False)]
-    conv += [(t, True, 3, True, cl, i) for t in FLOATS for cl, i in ((True, 0), (False, 6))]
+    conv += [(t, True, 3, True, cl, i) for t in FLOATS for cl, i in ((True, 0), (False, -1))]
     jobs = [("linear", j) for j in linear] + [("reduce", j) for j in reduce] + [("quant", j) for j in quant] + [("conv", j) for j in conv]
     return jobs + [j for j in _subset_jobs() if j not in jobs]  # the full list holds the subset
 
@@ -81,7 +82,11 @@ def _linear(job):
     from sparsedm.kernels import aot, linear
 
     x, w, sparse, int8, quantize_x, per_token, bias, act, partial, y, which = job
-    cfg = {"small": linear._SMALL_M_CONFIGS, "large": linear._LARGE_M_CONFIGS, "split": linear._SPLIT_K_CONFIGS}[which][0]
+    if x == "fp32" and not int8:  # float32 sparse24_linear: its own tile lists
+        lists = {"small": linear._FP32_SMALL_M_CONFIGS, "large": linear._FP32_LARGE_M_CONFIGS, "split": linear._FP32_SPLIT_K_CONFIGS}
+    else:
+        lists = {"small": linear._SMALL_M_CONFIGS, "large": linear._LARGE_M_CONFIGS, "split": linear._SPLIT_K_CONFIGS}
+    cfg = lists[which][0]
     sig, cx, div = linear.aot_flags_spec(cfg, x=x, w=w, sparse=sparse, int8=int8, quantize_x=quantize_x,
                                          per_token=per_token, bias=bias, activation=act, partial=partial, y=y)
     return aot.compile_for(linear._linear_kernel, sig, cx, CC, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -110,7 +115,7 @@ def _conv(job):
     from sparsedm.kernels import aot, conv2d
 
     t, bias, act, index64, channels_last, i = job
-    cfg = conv2d._CONFIGS[i]
+    cfg = conv2d.config_list(fp32=t == "fp32", channels_last=channels_last)[i]
     sig, cx, div = conv2d.aot_spec(t, cfg.kwargs, channels_last=channels_last, bias=bias, activation=act, index64=index64)
     return aot.compile_for(conv2d._sparse24_conv2d_kernel, sig, cx, CC, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                            divisible_by_16=div)
@@ -122,7 +127,7 @@ def _compile(item):
         c = {"linear": _linear, "reduce": _reduce, "quant": _quant, "conv": _conv}[kind](job)
     except Exception as e:  # reported per kernel, so one failure does not hide the others
         return {"kind": kind, "job": list(job), "error": f"{type(e).__name__}: {e}"[-800:]}
-    return {"kind": kind, "job": list(job), "mma": c.mma, "local_bytes": c.local_bytes, "registers": c.registers}
+    return {"kind": kind, "job": list(job), "mma": c.mma, "spill_bytes": c.spill_bytes, "registers": c.registers}
 
 
 def _expected_mma(kind, job):
@@ -178,8 +183,8 @@ def test_every_flag_combination_compiles(compiled):
             problems.append(f"{what}: unexpected tensor-core instructions {got}")
         if want is not None and not any(f".{want}" in m for m in got):
             problems.append(f"{what}: no {want} tensor-core instruction (found {got})")
-        if spills_known(r) and r["local_bytes"]:
-            problems.append(f"{what}: {r['local_bytes']} bytes of register spills")
+        if spills_known(r) and r["spill_bytes"]:
+            problems.append(f"{what}: {r['spill_bytes']} bytes of register spills")
     assert not problems, "\n".join(problems)
 
 

@@ -160,7 +160,13 @@ def test_conv_int64_offsets(monkeypatch):
 def _conv_configs():
     from sparsedm.kernels import conv2d
 
-    return list(conv2d._CONFIGS)
+    return list(conv2d._CONFIGS) + list(conv2d._NCHW_CONFIGS) + list(conv2d._FP32_CONFIGS)
+
+
+def _is_fp32_config(config):
+    from sparsedm.kernels import conv2d
+
+    return any(config is c for c in conv2d._FP32_CONFIGS)
 
 
 def _conv_config_id(c):
@@ -186,8 +192,9 @@ def _check_forced_config(config, case, dtype, channels_last, seed):
 @pytest.mark.parametrize("config", _conv_configs(), ids=_conv_config_id)
 def test_every_conv_config_forced(config, channels_last):
     """Cin = 40 (a channel-block tail for every BLOCK_K), Cout = 24 (an N tail), M = 2*7*7 = 98
-    (an M tail for every BLOCK_M), stride 1, padding 1."""
-    _check_forced_config(config, (2, 40, 7, 7, 24, 3, 3, (1, 1), (1, 1), (1, 1)), torch.float16, channels_last, seed=5)
+    (an M tail for every BLOCK_M), stride 1, padding 1; float32 for the float32 list."""
+    dtype = torch.float32 if _is_fp32_config(config) else torch.float16
+    _check_forced_config(config, (2, 40, 7, 7, 24, 3, 3, (1, 1), (1, 1), (1, 1)), dtype, channels_last, seed=5)
 
 
 def test_forced_conv_config_errors():
@@ -207,7 +214,7 @@ def test_gpu_every_conv_config_forced(config, channels_last):
     """Each candidate compiled for the real GPU on a DDPM-like conv with tails in M (4 * 15 * 15
     pixels), Cin (72: a partial channel block) and Cout (200); the GPU test stages run with
     SPARSEDM_TRITON_AUTOTUNE=0, so this is where the other candidates run."""
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in (torch.float32,) if _is_fp32_config(config) else (torch.float16, torch.bfloat16):
         _check_forced_config(config, (4, 72, 15, 15, 200, 3, 3, (1, 1), (1, 1), (1, 1)), dtype, channels_last, seed=11)
 
 
@@ -237,8 +244,13 @@ def test_autotune_off_launches_the_bucket_first_directly(monkeypatch):
     monkeypatch.setattr(conv2d, "_sparse24_conv2d_tuned", NoTuner())
     case = (2, 40, 7, 7, 24, 3, 3, (1, 1), (1, 1), (1, 1))
     x, w, values, meta, b = _problem(case, torch.float16, seed=4)
-    y = conv2d.sparse24_conv2d(x, values, meta, b, list(w.shape), (1, 1), (1, 1), (1, 1), "none")
-    first = conv2d.conv_configs(2 * 7 * 7, 24, 40)[0]
-    kw = first.kwargs
-    assert launched == [{"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "num_warps": first.num_warps}]
-    assert_close_rel(y, F.conv2d(x.double(), w.double(), b.double(), 1, 1), TOLERANCES[torch.float16], "autotune off")
+    for channels_last in (False, True):  # NCHW input has its own list
+        launched.clear()
+        xl = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        y = conv2d.sparse24_conv2d(xl, values, meta, b, list(w.shape), (1, 1), (1, 1), (1, 1), "none")
+        first = conv2d.conv_configs(2 * 7 * 7, 24, 40, channels_last=channels_last)[0]
+        kw = first.kwargs
+        assert launched == [{"BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "num_warps": first.num_warps}]
+        assert_close_rel(y, F.conv2d(x.double(), w.double(), b.double(), 1, 1), TOLERANCES[torch.float16], "autotune off")
+    assert conv2d.conv_configs(98, 24, 40, channels_last=False)[0] in conv2d._NCHW_CONFIGS
+    assert conv2d.conv_configs(98, 24, 40)[0] in conv2d._CONFIGS

@@ -56,25 +56,33 @@ def _compile(kernel, sig, constexprs, cc, num_warps, num_stages, divisible) -> d
     from sparsedm.kernels import aot
 
     c = aot.compile_for(kernel, sig, constexprs, cc, num_warps=num_warps, num_stages=num_stages, divisible_by_16=divisible)
-    return {"cc": cc, "mma": c.mma, "registers": c.registers, "local_bytes": c.local_bytes,
+    return {"cc": cc, "mma": c.mma, "registers": c.registers, "spill_bytes": c.spill_bytes,
             "shared_bytes": c.shared_bytes, "cp_async": "cp.async" in c.ptx}
 
 
 def _jobs(all_configs: bool) -> list[dict]:
     from sparsedm.kernels import conv2d
 
-    if all_configs:
-        cfgs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in conv2d._CONFIGS]
-    else:  # the largest tile: the one most likely to run out of registers
-        cfgs = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)]
+    def cfgs(configs, largest):
+        if not all_configs:  # the test: the largest tile, the one most likely to run out of registers
+            configs = [c for c in configs if c.kwargs == largest] or configs[:1]
+        return [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs]
+
+    tile = lambda bm, bn, bk: {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}  # noqa: E731
     jobs = []
     for cc in CCS:
         for dtype in ("float16", "bfloat16"):
-            for cfg in cfgs:
+            for cfg in cfgs(conv2d.config_list(), tile(128, 128, 64)):
                 jobs.append({"kernel": "sparse24_conv2d", "dtype": dtype, "cfg": cfg, "cc": cc, "layout": "nhwc"})
-        # NCHW input (stride_xc != 1: the channel gather is strided, nothing vectorizes): the
-        # largest tile once per arch, so that specialization is compiled and checked too.
-        jobs.append({"kernel": "sparse24_conv2d", "dtype": "float16", "cfg": cfgs[0], "cc": cc, "layout": "nchw"})
+        # NCHW input (stride_xc != 1: the channel gather is strided, nothing vectorizes): its own
+        # list, every config (they are small), in float16 (bfloat16 compiles to the same registers)
+        for c in conv2d._NCHW_CONFIGS:
+            cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            jobs.append({"kernel": "sparse24_conv2d", "dtype": "float16", "cfg": cfg, "cc": cc, "layout": "nchw"})
+        # float32 (IEEE dots, no tensor cores), both layouts: the first and the largest config
+        for cfg in cfgs(conv2d.config_list(fp32=True), tile(64, 128, 16)):
+            for layout in ("nhwc", "nchw"):
+                jobs.append({"kernel": "sparse24_conv2d", "dtype": "float32", "cfg": cfg, "cc": cc, "layout": layout})
         for name in ("compress24", "decompress24"):
             jobs.append({"kernel": name, "dtype": "float16", "cfg": {"BLOCK_R": 32, "BLOCK_P": 32, "num_warps": 4}, "cc": cc})
     return jobs
@@ -105,7 +113,7 @@ def _markdown(rows: list[dict]) -> str:
             cfg = f"{c['BLOCK_R']} rows x {c['BLOCK_P']} pairs, {c['num_warps']}, 1"
         mma = ", ".join(f"`{m}`" for m in r["mma"]) or "none (elementwise)"
         lines.append(
-            f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['cc']} | {mma} | {r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {'yes' if r['cp_async'] else 'no'} |"
+            f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['cc']} | {mma} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes']} | {'yes' if r['cp_async'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -137,16 +145,34 @@ def test_conv_uses_tensor_cores(aot_rows, cc, dtype):
         hits = [m for m in r["mma"] if (m.startswith("mma.sync") or (cc == 90 and m.startswith("wgmma"))) and f".{t}" in m]
         assert hits, f"sm_{cc} {dtype}: no {t} tensor-core mma in the PTX (found {r['mma']})"
         if _spills_known(r):
-            assert r["local_bytes"] == 0, f"sm_{cc} {dtype} {r['layout']} {r['cfg']}: {r['local_bytes']} bytes of register spills"
+            assert r["spill_bytes"] == 0, f"sm_{cc} {dtype} {r['layout']} {r['cfg']}: {r['spill_bytes']} bytes of register spills"
     if dtype == "float16":
         assert {r["layout"] for r in rows} == {"nhwc", "nchw"}
+
+
+# sm_86/89's largest dynamic shared memory per block (99 KiB), the smallest of the archs served.
+SM86_SMEM_OPTIN = 101376
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_conv_fp32_fits_without_spills(aot_rows, cc):
+    """float32 (IEEE dots): no tensor cores by design, no spills in either layout, and shared
+    memory within sm_86's limit."""
+    rows = [r for r in aot_rows if r["kernel"] == "sparse24_conv2d" and r["cc"] == cc and r["dtype"] == "float32"]
+    assert {r["layout"] for r in rows} == {"nhwc", "nchw"}
+    for r in rows:
+        where = f"sm_{cc} float32 {r['layout']} {r['cfg']}"
+        assert not r["mma"], f"{where}: unexpected tensor-core instructions {r['mma']}"
+        if _spills_known(r):
+            assert r["spill_bytes"] == 0, f"{where}: {r['spill_bytes']} bytes of register spills"
+        assert r["shared_bytes"] <= SM86_SMEM_OPTIN, f"{where}: {r['shared_bytes']} bytes of shared memory"
 
 
 @pytest.mark.parametrize("cc", CCS)
 @pytest.mark.parametrize("kernel", ["compress24", "decompress24"])
 def test_compress_kernels_compile(aot_rows, cc, kernel):
     rows = [r for r in aot_rows if r["kernel"] == kernel and r["cc"] == cc]
-    assert rows and all(r["local_bytes"] == 0 for r in rows if _spills_known(r)), rows
+    assert rows and all(r["spill_bytes"] == 0 for r in rows if _spills_known(r)), rows
 
 
 if __name__ == "__main__":

@@ -256,7 +256,10 @@ def test_int8_zero_rows_and_zero_scale(request):
     x[2] = 0.0  # dynamic scale 0: codes 0, the row is the bias
     bias = _randn(24, gen=gen)
     y, ref = _run_int8(False, x, w_q, w_scale, bias, None)
-    assert torch.equal(y, ref) and torch.equal(y[2], bias), _report(y, ref)
+    # the zero row is exactly the bias; the others within FMA contraction (a GPU fuses the
+    # scaling and the bias add into one rounding)
+    assert torch.equal(y[2], bias), _report(y[2], bias)
+    _assert_close(y, ref, *INT8_TOL[torch.float32], "dynamic scales with a zero row")
     y, ref = _run_int8(False, x, w_q, w_scale, bias, torch.zeros(1, device=x.device))  # static scale 0
     assert torch.equal(y, ref) and torch.equal(y, bias.expand(5, 24)), _report(y, ref)
 
@@ -293,6 +296,24 @@ def test_quantize_rows_bit_exact(request, dtype, block_k):
     assert torch.equal(scales, ref_scales), f"scales differ: {_report(scales, ref_scales)}"
     assert torch.equal(codes, ref_codes), f"codes differ at {(codes != ref_codes).nonzero()[:8].tolist()}"
     assert codes[0, :11].tolist() == [127, 0, 2, 2, 0, -2, -2, 4, 126, -126, 4]
+
+
+@pytest.mark.parametrize("block_k", [None, 32], ids=["one-pass", "two-pass"])
+def test_quantize_rows_nan_row_like_torch(request, block_k):
+    """A NaN in a row gives that row a NaN scale and zero codes (torch's amax propagates NaN; a
+    GPU's max.f32 would skip it), so int8_linear's output row is NaN, the other rows exact."""
+    from sparsedm.kernels.linear import int8_linear, quantize_rows
+
+    gen = _gen(request)
+    x = _randn(5, 72, gen=gen)
+    x[2, 40] = float("nan")
+    codes, scales = quantize_rows(x, block_k=block_k)
+    ref_codes, ref_scales = quantize_activation_int8(x)
+    assert torch.isnan(scales[2]) and torch.isnan(ref_scales[2]) and not torch.isnan(scales[[0, 1, 3, 4]]).any()
+    assert torch.equal(codes, ref_codes) and torch.equal(scales[[0, 1, 3, 4]], ref_scales[[0, 1, 3, 4]])
+    w_q, w_scale = _int8_weight(24, 72, False, gen)
+    y = int8_linear(x, w_q, w_scale, None, None)
+    assert torch.isnan(y[2]).all() and not torch.isnan(y[[0, 1, 3, 4]]).any()
 
 
 def test_quantize_rows_strided_input(request):
@@ -612,7 +633,16 @@ def _all_configs():
     from sparsedm.kernels import linear
 
     out = [("small", c, 1) for c in linear._SMALL_M_CONFIGS] + [("large", c, 1) for c in linear._LARGE_M_CONFIGS]
-    return out + [("split-K", c, 3) for c in linear._SPLIT_K_CONFIGS]
+    out += [("split-K", c, 3) for c in linear._SPLIT_K_CONFIGS]
+    # float32 sparse24_linear's own lists (IEEE dots); the split-K list is the small-M one
+    out += [("small-fp32", c, 1) for c in linear._FP32_SMALL_M_CONFIGS] + [("large-fp32", c, 1) for c in linear._FP32_LARGE_M_CONFIGS]
+    return out + [("split-K-fp32", c, 3) for c in linear._FP32_SPLIT_K_CONFIGS]
+
+
+def _gpu_config_items():
+    """(item, dtype) for the GPU twin: the float16/bfloat16 lists in both, the float32 lists in float32."""
+    return [(item, dtype) for item in _all_configs()
+            for dtype in ((torch.float32,) if item[0].endswith("fp32") else (torch.float16, torch.bfloat16))]
 
 
 def _config_id(item):
@@ -623,7 +653,8 @@ def _config_id(item):
 
 def _check_every_family_with_config(request, config, split_k, m, n, k, dtype):
     """sparse24_linear, int8_linear and sparse24_int8_linear (dynamic and static x_scale), each
-    run with ``config`` forced, against the reference backend."""
+    run with ``config`` forced, against the reference backend; in float32 sparse24_linear only
+    (the float32 lists serve its IEEE dots; the int8 ops multiply int8 codes)."""
     from sparsedm.kernels import linear
 
     gen = _gen(request)
@@ -634,7 +665,7 @@ def _check_every_family_with_config(request, config, split_k, m, n, k, dtype):
     y = linear.sparse24_linear(x, values, meta, bias, "gelu", split_k=split_k, config=config)
     ref = ops.sparse24_linear(x, values, meta, bias, "gelu", backend="reference")
     _assert_close(y, ref, *REF_TOL[dtype], f"sparse24_linear, {what}")
-    for sparse in (False, True):
+    for sparse in (False, True) if dtype != torch.float32 else ():
         w_q, w_scale = _int8_weight(n, k, sparse, gen)
         for mode in ("dynamic", "static"):
             x_scale = _x_scale(mode, x, gen)
@@ -650,8 +681,9 @@ def _check_every_family_with_config(request, config, split_k, m, n, k, dtype):
 @pytest.mark.parametrize("item", _all_configs(), ids=_config_id)
 def test_every_config_forced(request, item):
     """Each candidate's tile sizes cross the borders of this small problem: M, N and K tails."""
-    _, config, split_k = item
-    _check_every_family_with_config(request, config, split_k, m=37, n=72, k=264, dtype=torch.float16)
+    name, config, split_k = item
+    dtype = torch.float32 if name.endswith("fp32") else torch.float16
+    _check_every_family_with_config(request, config, split_k, m=37, n=72, k=264, dtype=dtype)
 
 
 def test_forced_config_errors(request):
@@ -668,6 +700,11 @@ def test_forced_config_errors(request):
     for kwargs in bad:
         with pytest.raises(ValueError, match="config"):
             linear.sparse24_linear(x, values, meta, None, "none", config=triton.Config(kwargs))
+    shallow = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 1})
+    w_q, w_scale = _int8_weight(24, 40, False, gen)
+    with pytest.raises(ValueError, match="int8 ops need BLOCK_K >= 32"):
+        linear.int8_linear(x, w_q, w_scale, None, None, config=shallow)
+    linear.sparse24_linear(x, values, meta, None, "none", config=shallow)  # fine for float operands
     with pytest.raises(ValueError, match="triton.Config"):
         linear.sparse24_linear(x, values, meta, None, "none", config={"BLOCK_M": 16})
 
@@ -675,9 +712,12 @@ def test_forced_config_errors(request):
 _AUTOTUNE_PROBE = """
 import json
 from sparsedm.kernels import conv2d, linear
-tuners = {name: len(getattr(linear, name).configs) for name in ("_linear_small_m", "_linear_large_m", "_linear_split_k")}
+tuners = {name: len(getattr(linear, name).configs) for name in ("_linear_small_m", "_linear_large_m", "_linear_split_k",
+                                                                 "_linear_small_m_fp32", "_linear_large_m_fp32", "_linear_split_k_fp32")}
 bucket = conv2d.conv_configs(M=1 << 20, Cout=256, C=256)  # a bucket of several candidates
-pruned = conv2d._prune(conv2d._CONFIGS, {"M": 1 << 20, "Cout": 256, "C": 256})
+import torch
+pruned = conv2d._prune(conv2d._CONFIGS + conv2d._NCHW_CONFIGS + conv2d._FP32_CONFIGS,
+                       {"M": 1 << 20, "Cout": 256, "C": 256, "stride_xc": 1, "x_ptr": torch.empty(0, dtype=torch.float16)})
 print(json.dumps({"tuners": tuners, "bucket": len(bucket), "pruned": len(pruned),
                   "first": pruned[0].kwargs == bucket[0].kwargs}))
 """
@@ -707,10 +747,13 @@ def test_triton_autotune_setting(setting):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["bucket"] > 1 and got["first"], got
     if setting == "0":
-        assert got["tuners"] == {"_linear_small_m": 1, "_linear_large_m": 1, "_linear_split_k": 1} and got["pruned"] == 1, got
+        assert set(got["tuners"].values()) == {1} and len(got["tuners"]) == 6 and got["pruned"] == 1, got
     else:
         assert got["tuners"] == {"_linear_small_m": len(linear._SMALL_M_CONFIGS), "_linear_large_m": len(linear._LARGE_M_CONFIGS),
-                                 "_linear_split_k": len(linear._SPLIT_K_CONFIGS)}, got
+                                 "_linear_split_k": len(linear._SPLIT_K_CONFIGS),
+                                 "_linear_small_m_fp32": len(linear._FP32_SMALL_M_CONFIGS),
+                                 "_linear_large_m_fp32": len(linear._FP32_LARGE_M_CONFIGS),
+                                 "_linear_split_k_fp32": len(linear._FP32_SPLIT_K_CONFIGS)}, got
         assert got["pruned"] == got["bucket"], got
 
 # ---------------------------------------------------------------------------------------------
@@ -771,12 +814,11 @@ def test_gpu_forced_split_k(request, monkeypatch, k, n, m, split):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("item", _all_configs(), ids=_config_id)
+@pytest.mark.parametrize("item,dtype", _gpu_config_items(), ids=lambda v: str(v) if isinstance(v, torch.dtype) else _config_id(v))
 def test_gpu_every_config_forced(request, item, dtype):
     """Every candidate compiled for the real GPU, on a shape with M, N and K tails (M = 65 * 5
     U-ViT tokens; M = 5 for the small-M and split-K lists): the GPU test stages run with
     SPARSEDM_TRITON_AUTOTUNE=0, so this is where the other candidates run."""
     name, config, split_k = item
-    m = 5 if name in ("small", "split-K") else 65 * 5
+    m = 5 if name.startswith(("small", "split-K")) else 65 * 5
     _check_every_family_with_config(request, config, split_k, m=m, n=1000, k=1032, dtype=dtype)

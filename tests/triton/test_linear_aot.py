@@ -35,6 +35,12 @@ EXPECTED_MMA = {
     "sparse_fp16_splitk": (".f32.f16.f16.f32", ".f32.f16.f16"),
     "sparse_int8_splitk": (".s32.s8.s8.s32", ".s32.s8.s8"),
 }
+# float32 variants: IEEE dots, FMA by design (no tensor cores), on their own tile lists.
+FP32_VARIANTS = ("sparse_fp32", "sparse_fp32_splitk")
+# The largest dynamic shared memory one block may opt into on sm_86/sm_89 (A40, RTX 30xx/40xx,
+# L40): 99 KiB, the smallest of the archs served. An autotuner whose every candidate exceeds it,
+# or that runs its first candidate alone (SPARSEDM_TRITON_AUTOTUNE=0), fails to launch.
+SM86_SMEM_OPTIN = 101376
 
 
 def _compile(variant: str, config, cc: int):
@@ -66,7 +72,7 @@ def _quantizer_rows() -> list[dict]:
             compiled = aot.compile_for(linear._quantize_rows_kernel, signature, constexprs, cc, num_warps=4,
                                        divisible_by_16=("x_ptr", "q_ptr", "scale_ptr", "K", "stride_xm"))
             rows.append({"single_pass": single_pass, "cc": cc, "registers": compiled.registers,
-                         "local_bytes": compiled.local_bytes, **_rounding_facts(compiled.ptx)})
+                         "spill_bytes": compiled.spill_bytes, **_rounding_facts(compiled.ptx)})
     return rows
 
 
@@ -80,7 +86,7 @@ def _reduce_rows() -> list[dict]:
         for cc in CCS:
             compiled = aot.compile_for(linear._split_k_reduce_kernel, signature, constexprs, cc, num_warps=4,
                                        num_stages=1, divisible_by_16=divisible)
-            rows.append({"int8": int8, "cc": cc, "registers": compiled.registers, "local_bytes": compiled.local_bytes,
+            rows.append({"int8": int8, "cc": cc, "registers": compiled.registers, "spill_bytes": compiled.spill_bytes,
                          "shared_bytes": compiled.shared_bytes, "mma": compiled.mma})
     return rows
 
@@ -88,24 +94,29 @@ def _reduce_rows() -> list[dict]:
 def _rows(all_configs: bool) -> list[dict]:
     from sparsedm.kernels import linear
 
-    configs = [("small", c) for c in linear._SMALL_M_CONFIGS] + [("large", c) for c in linear._LARGE_M_CONFIGS]
-    split_configs = [("split-K", c) for c in linear._SPLIT_K_CONFIGS]
-    if not all_configs:  # the test: the first (most likely) config of each bucket
-        configs = [configs[0], configs[len(linear._SMALL_M_CONFIGS)]]
-        split_configs = split_configs[:1]
+    def lists(fp32):
+        small, large = linear.configs_for(1, fp32=fp32), linear.configs_for(linear.SMALL_M + 1, fp32=fp32)
+        split = linear.configs_for(1, split_k=2, fp32=fp32)
+        if not all_configs and not fp32:  # the test: the first (most likely) config of each bucket
+            small, large, split = small[:1], large[:1], split[:1]
+        # float32: every config in the test too (a few small compiles): each must fit sm_86 unspilled
+        tagged = lambda name, cs: [(name, c, i == 0) for i, c in enumerate(cs)]  # noqa: E731
+        return tagged("small", small) + tagged("large", large), tagged("split-K", split)
+
     rows = []
     for variant, spec in linear.AOT_VARIANTS.items():
         write_partial = spec[-1]
-        for bucket, config in (split_configs if write_partial else configs):
+        configs, split_configs = lists(variant in FP32_VARIANTS)
+        for bucket, config, first in (split_configs if write_partial else configs):
             for cc in CCS:
                 compiled = _compile(variant, config, cc)
                 kw = config.kwargs
                 rows.append({
-                    "variant": variant, "bucket": bucket, "cc": cc,
+                    "variant": variant, "bucket": bucket, "first": first, "cc": cc,
                     "tile": f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}",
                     "warps": config.num_warps, "stages": config.num_stages,
                     "mma": compiled.mma, "registers": compiled.registers,
-                    "local_bytes": compiled.local_bytes, "shared_bytes": compiled.shared_bytes,
+                    "spill_bytes": compiled.spill_bytes, "shared_bytes": compiled.shared_bytes,
                     "cp_async": "cp.async" in compiled.ptx,
                     **_rounding_facts(compiled.ptx),
                 })
@@ -127,7 +138,7 @@ def _markdown(rows: list[dict]) -> str:
     for (variant, bucket, tile, warps, stages), by_cc in groups.items():
         regs = "/".join(str(by_cc[cc]["registers"]) for cc in CCS)
         shared = "/".join(str(by_cc[cc]["shared_bytes"]) for cc in CCS)
-        spills = "none" if all(by_cc[cc]["local_bytes"] == 0 for cc in CCS) else "YES"
+        spills = "none" if all(by_cc[cc]["spill_bytes"] == 0 for cc in CCS) else "YES"
         lines.append(f"| {variant} | {bucket} | {tile} | {warps}/{stages} | {regs} | {shared} | {spills} | "
                      f"`{short(by_cc[80]['mma'])}` / `{short(by_cc[90]['mma'])}` |")
     return "\n".join(lines)
@@ -142,7 +153,7 @@ def _reduce_markdown(rows: list[dict]) -> str:
         by_cc = {r["cc"]: r for r in rows if r["int8"] == int8}
         regs = "/".join(str(by_cc[cc]["registers"]) for cc in CCS)
         shared = "/".join(str(by_cc[cc]["shared_bytes"]) for cc in CCS)
-        spills = "none" if all(by_cc[cc]["local_bytes"] == 0 for cc in CCS) else "YES"
+        spills = "none" if all(by_cc[cc]["spill_bytes"] == 0 for cc in CCS) else "YES"
         lines.append(f"| {'int32' if int8 else 'float32'} partials, fp16 out | 16x128 | 4 | {regs} | {shared} | {spills} |")
     return "\n".join(lines)
 
@@ -168,6 +179,35 @@ def gemm_rows(compiled_rows):
     return compiled_rows["gemm"]
 
 
+@pytest.mark.parametrize("variant", FP32_VARIANTS)
+def test_fp32_tiles_fit_every_arch_without_spills(gemm_rows, variant):
+    """Every float32 candidate: no spills on any arch, shared memory within sm_86's opt-in
+    limit, and no tensor-core instruction (IEEE float32 is an FMA loop)."""
+    from sparsedm.kernels import linear
+
+    rows = [r for r in gemm_rows if r["variant"] == variant]
+    # the lists themselves: under the interpreter (this process) configs_for gives its one config
+    lists = [linear._FP32_SPLIT_K_CONFIGS] if variant.endswith("splitk") else [linear._FP32_SMALL_M_CONFIGS, linear._FP32_LARGE_M_CONFIGS]
+    assert len(rows) == len(CCS) * sum(len(x) for x in lists), rows
+    for r in rows:
+        where = f"{variant} ({r['bucket']} list) tile {r['tile']} w{r['warps']}s{r['stages']} on sm_{r['cc']}"
+        assert not r["mma"], f"{where}: IEEE float32 should not use tensor cores: {r['mma']}"
+        if _spills_known(r):
+            assert r["spill_bytes"] == 0, f"{where}: ptxas spilled {r['spill_bytes']} bytes"
+        assert r["shared_bytes"] <= SM86_SMEM_OPTIN, f"{where}: {r['shared_bytes']} bytes of shared memory exceed sm_86's {SM86_SMEM_OPTIN}"
+
+
+def test_first_config_of_every_list_fits_sm86(gemm_rows):
+    """The candidate an autotuner falls back to (and the only one under SPARSEDM_TRITON_AUTOTUNE=0)
+    launches on sm_86/89: the first config of each list within its 99 KiB."""
+    from sparsedm.kernels import linear
+
+    rows = [r for r in gemm_rows if r["cc"] == 86 and r["first"]]
+    assert {r["variant"] for r in rows} == set(linear.AOT_VARIANTS), rows
+    for r in rows:
+        assert r["shared_bytes"] <= SM86_SMEM_OPTIN, f"{r['variant']} {r['bucket']} {r['tile']}: {r['shared_bytes']} > {SM86_SMEM_OPTIN}"
+
+
 @pytest.mark.parametrize("cc", CCS)
 @pytest.mark.parametrize("variant", list(EXPECTED_MMA))
 def test_tensor_cores_and_no_spills(gemm_rows, variant, cc):
@@ -181,7 +221,7 @@ def test_tensor_cores_and_no_spills(gemm_rows, variant, cc):
         assert mma_sync or (cc == 90 and hopper), f"{where}: no tensor-core instruction of the right type in {r['mma']}"
         assert not any(m.startswith("mma.sp") for m in r["mma"]), f"{where}: unexpected sparse mma {r['mma']}"
         if _spills_known(r):
-            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes to local memory"
+            assert r["spill_bytes"] == 0, f"{where}: ptxas spilled {r['spill_bytes']} bytes to local memory"
         # The pipelined (cp.async) loads are what num_stages buys; a missing hint loses them.
         assert r["cp_async"], f"{where}: the loads are not asynchronous copies (cp.async)"
         if variant.endswith("xscale"):  # x quantized in the GEMM prologue
@@ -195,7 +235,7 @@ def test_split_k_reduction_compiles_without_spills(compiled_rows):
         where = f"_split_k_reduce_kernel int8={r['int8']} on sm_{r['cc']}"
         assert not r["mma"], f"{where}: an elementwise pass should not contain {r['mma']}"
         if _spills_known(r):
-            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes"
+            assert r["spill_bytes"] == 0, f"{where}: ptxas spilled {r['spill_bytes']} bytes"
 
 
 def test_quantizer_rounds_like_torch(compiled_rows):
@@ -205,7 +245,7 @@ def test_quantizer_rounds_like_torch(compiled_rows):
         assert r["fdiv"] == ["div.rn.f32"], f"{where}: divisions {r['fdiv']} (approximate division breaks bit-exactness)"
         assert r["rne_magic"], f"{where}: the 1.5 * 2**23 rounding constant was folded away"
         if _spills_known(r):
-            assert r["local_bytes"] == 0, f"{where}: ptxas spilled {r['local_bytes']} bytes"
+            assert r["spill_bytes"] == 0, f"{where}: ptxas spilled {r['spill_bytes']} bytes"
 
 
 if __name__ == "__main__":
