@@ -98,9 +98,9 @@ def run_demo(device: str = "auto", out: str = "sparsedm-demo", backend: str = "a
     sparse_model = loaded.model
     dense_model = densify(sparse_model)
 
-    os.makedirs(out, exist_ok=True)
     sparse_images, sparse_s = _sample(sparse_model, sampler, shape, device)
     dense_images, dense_s = _sample(dense_model, sampler, shape, device)
+    os.makedirs(out, exist_ok=True)  # after sampling: a run that fails (e.g. a backend that cannot run) leaves nothing
     _grid(os.path.join(out, "sparse_grid.png"), sparse_images)
     _grid(os.path.join(out, "dense_grid.png"), dense_images)
     shutil.copyfile(os.path.join(demo_dir(), "teacher_grid.png"), os.path.join(out, "teacher_grid.png"))

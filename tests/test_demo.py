@@ -34,3 +34,11 @@ def test_densify_replaces_every_sparsedm_module():
     assert not any(isinstance(m, SparseLinear) for m in dense.modules())
     x = torch.randn(3, 64)
     torch.testing.assert_close(dense(x), sparse(x), rtol=1e-5, atol=1e-6)
+
+
+def test_demo_with_a_backend_that_cannot_run_leaves_no_directory(tmp_path, capsys):
+    out = tmp_path / "d3"
+    assert main(["demo", "--device", "cpu", "--backend", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cuda" in err and "Traceback" not in err, err
+    assert not out.exists()

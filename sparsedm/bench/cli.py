@@ -163,6 +163,14 @@ def _model(args: argparse.Namespace) -> int:
         print("error: --override changes a preset's config; a converted file is measured as it is (drop --override)",
               file=sys.stderr)
         return 2
+    if args.override:
+        try:
+            override = json.loads(args.override)
+        except json.JSONDecodeError as exc:
+            override = exc
+        if not isinstance(override, dict):
+            print(f"error: --override {args.override!r} is not a JSON object; pass one such as '{{\"depth\": 2}}'", file=sys.stderr)
+            return 2
     problem = _check_setup(args.out, [args.backend])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -214,7 +222,11 @@ def _targets(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
-    rows = targets.load_rows(args.paths)
+    try:
+        rows = targets.load_rows(args.paths)
+    except targets.ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"error: no sparsedm results files (JSON with 'gpu' and 'rows') in {', '.join(args.paths)}", file=sys.stderr)
         return 2

@@ -97,9 +97,25 @@ def load_rows(paths: Iterable[str]) -> list[dict]:
                 continue
         if not isinstance(doc, dict) or "rows" not in doc or "gpu" not in doc:
             continue  # not a results file (e.g. a junit or other JSON)
-        for r in doc["rows"]:
+        if not isinstance(doc["rows"], list):
+            raise ResultsError(f"{f}: 'rows' is not a list; regenerate the file with sparsedm bench")
+        for i, r in enumerate(doc["rows"]):
+            _check_row(f, i, r)
             rows.append({**r, "_file": os.path.basename(f), "_gpu": doc.get("gpu")})
     return rows
+
+
+class ResultsError(ValueError):
+    """A results file that has the shape of one but holds values the targets cannot read."""
+
+
+def _check_row(path: str, index: int, row) -> None:
+    if not isinstance(row, dict):
+        raise ResultsError(f"{path}: row {index} is not an object; regenerate the file with sparsedm bench")
+    for field in ("ms", "speedup_vs_dense"):
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ResultsError(f"{path}: row {index} has {field}={value!r}, not a number; regenerate the file with sparsedm bench")
 
 
 def _kernel_values(t: Target, rows: list[dict]) -> list[tuple[float, str]]:

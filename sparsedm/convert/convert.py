@@ -275,8 +275,8 @@ def plan_layers(src: Source, model: nn.Module, architecture: archs.Architecture,
             mask = "given" if f"{name}.weight" in src.masks else None
         elif name not in candidates:
             mask = None
-        elif src.rule == "dense":
-            mask = "topk" if prune else None
+        elif src.rule == "dense" or (src.rule == "zeros" and prune):
+            mask = "topk" if prune else None  # --prune: the 2:4 rule, also on a zeroed source's stray groups
         else:
             mask = src.rule
         if isinstance(module, nn.Conv2d) and mask is not None and module.groups != 1:

@@ -178,6 +178,11 @@ def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dt
             if "weight_shape" in module.state_dict():
                 extra_state[f"{name}.weight_shape"] = torch.tensor(info["weight_shape"], dtype=torch.int64)
     state = read_tensors(header, device="cpu")
+    for key, t in state.items():  # the converter refuses NaN/Inf, so one here is a damaged file
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise FileFormatError(f"{path}: tensor {key} holds {int((~torch.isfinite(t)).sum())} NaN/Inf value(s); "
+                                  f"the converter never writes them, so the file is damaged",
+                                  "re-convert the checkpoint (or copy the file again)")
     state = {renames.get(k, k): v for k, v in state.items()}
     state.update(extra_state)
     if dtype is not None:

@@ -214,6 +214,8 @@ def optimize(
     global _LAST_REPORT
     if quant not in (None, "int8"):
         raise ValueError(f"quant must be None or 'int8', got {quant!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize takes an nn.Module, got {type(model).__name__}; for a converted file use sparsedm.load(path)")
     if backend not in (None, "auto"):
         registry.get_backend(backend.strip().lower())  # unknown names fail now, not at the first forward
     backend = backend or "auto"

@@ -79,26 +79,31 @@ def _probe_cutlass() -> Optional[str]:
     return None
 
 
-registry.register_backend("reference", "plain torch on the decompressed weight; any device (the oracle)", lambda: None)
+_GEMMS = ("sparse24_linear", "int8_linear", "sparse24_int8_linear", "sparse24_conv2d")
+registry.register_backend("reference", "plain torch on the decompressed weight; any device (the oracle)", lambda: None,
+                          provides=tuple(OPS))
 registry.register_backend(
-    "triton", "Triton kernels (sparsedm.kernels)", _probe_triton, loader=lambda: importlib.import_module("sparsedm.kernels")
+    "triton", "Triton kernels (sparsedm.kernels)", _probe_triton, loader=lambda: importlib.import_module("sparsedm.kernels"),
+    provides=tuple(OPS),
 )
 registry.register_backend(
     "cuda",
     "hand-written mma.sp / int8 mma CUDA kernels (sparsedm._C)",
     _probe_cuda,
     loader=lambda: importlib.import_module("sparsedm.ops.cuda_backend"),
+    provides=_GEMMS,
 )
 _load_torch_sparse = lambda: importlib.import_module("sparsedm.ops.torch_sparse")  # noqa: E731
 registry.register_backend("cusparselt", "torch's cuSPARSELt 2:4 GEMM (torch._cslt_sparse_mm)", _probe_cusparselt,
-                          loader=_load_torch_sparse)
+                          loader=_load_torch_sparse, provides=("sparse24_linear",))
 registry.register_backend("cutlass", "torch's CUTLASS 2:4 GEMM (to_sparse_semi_structured, sm_8x)", _probe_cutlass,
-                          loader=_load_torch_sparse)
+                          loader=_load_torch_sparse, provides=("sparse24_linear",))
 registry.register_backend(
     "dense",
     "cuBLAS/cuDNN on the decompressed weight (cached per weight)",
     _cuda_device_reason,
     loader=lambda: importlib.import_module("sparsedm.ops.dense"),
+    provides=_GEMMS,
 )
 
 for _op in OPS:

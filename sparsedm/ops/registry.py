@@ -82,6 +82,9 @@ class Backend:
     # that `import sparsedm` does not pay for importing triton or the extension.
     loader: Optional[Callable[[], None]] = None
     load_error: Optional[str] = None
+    # The ops its kernels implement, declared at registration: what `sparsedm info --backends`
+    # lists for a backend whose kernels are not loaded (unavailable here).
+    provides: tuple = ()
     _probed: Optional[tuple] = field(default=None, repr=False)
 
     def _load(self) -> None:
@@ -120,14 +123,17 @@ dispatch_counts: Counter = Counter()
 
 
 def register_backend(
-    name: str, summary: str, probe: Callable[[], Optional[str]], loader: Optional[Callable[[], None]] = None
+    name: str, summary: str, probe: Callable[[], Optional[str]], loader: Optional[Callable[[], None]] = None,
+    provides: tuple = (),
 ) -> Backend:
-    """Register (or replace the probe and loader of) a backend; returns it."""
+    """Register (or replace the probe and loader of) a backend; returns it. ``provides``: the
+    ops its kernels implement (listed even where the backend cannot run)."""
     if name in _BACKENDS:
         backend = _BACKENDS[name]
         backend.summary, backend.probe, backend.loader, backend._probed = summary, probe, loader, None
+        backend.provides = tuple(provides)
     else:
-        backend = _BACKENDS[name] = Backend(name, summary, probe, loader=loader)
+        backend = _BACKENDS[name] = Backend(name, summary, probe, loader=loader, provides=tuple(provides))
     return backend
 
 
@@ -162,7 +168,7 @@ def backend_status() -> list[tuple[str, bool, str, list[str]]]:
     rows = []
     for b in backends():
         reason = b.unavailable_reason()
-        rows.append((b.name, reason is None, reason or b.summary, sorted(b.kernels)))
+        rows.append((b.name, reason is None, reason or b.summary, sorted(b.kernels) or sorted(b.provides)))
     return rows
 
 

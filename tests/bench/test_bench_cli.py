@@ -176,6 +176,9 @@ def test_bench_model_errors(capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--variants", "fast", "--device", "cpu"]) == 2
     assert "unknown variant(s) fast" in capsys.readouterr().err
+    for bad in ("notjson", "[1, 2]"):
+        assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--override", bad, "--device", "cpu"]) == 2
+        assert f"--override {bad!r} is not a JSON object" in capsys.readouterr().err
     assert main(["bench", "model", "--preset", "uvit-s2-cifar10", "--cuda-graph", "--device", "cpu"]) == 2
 
 

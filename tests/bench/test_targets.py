@@ -62,6 +62,13 @@ def test_command_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["bench", "targets", str(tmp_path)]) == 2
     assert "no sparsedm results files" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    for rows, says in (([{"kind": "model", "speedup_vs_dense": "fast"}], "row 0 has speedup_vs_dense='fast', not a number"),
+                       ([{"ms": 1.0}, 3], "row 1 is not an object"), ({"a": 1}, "'rows' is not a list")):
+        bad.write_text(json.dumps({"gpu": "X", "rows": rows}))
+        assert main(["bench", "targets", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
 
 
 def test_conv_targets_leave_out_the_input_and_output_convs(tmp_path):

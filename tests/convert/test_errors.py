@@ -130,6 +130,21 @@ def test_zeroed_source_that_is_not_24(tmp_path, capsys, good_uvit):
                                     "--preset", "toy-uvit"], "not 2:4 sparse in its zeros")
 
 
+def test_zeroed_source_with_prune_applies_the_rule(tmp_path, capsys, good_uvit):
+    """--from zeroed --prune: the groups that are not 2:4 get the 2:4 rule (the error above
+    names --prune as the fix, so --prune must work with --from zeroed too)."""
+    from sparsedm.formats import mask24
+
+    out = tmp_path / "o.safetensors"
+    assert run_cli([str(good_uvit), "-o", str(out), "--from", "zeroed", "--preset", "toy-uvit", "--prune"]) == 0
+    from sparsedm.convert import load
+
+    loaded = load(str(out))
+    state = torch.load(good_uvit)
+    w = state["in_blocks.0.attn.qkv.weight"]
+    assert torch.equal(loaded.model.in_blocks[0].attn.qkv.dense_weight().float(), (w * mask24(w)).float())
+
+
 def test_asp_mask_that_is_not_24(tmp_path, capsys):
     model, _ = make_uvit(qkv_bias=False)
     sd = model.state_dict()

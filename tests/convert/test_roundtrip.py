@@ -285,3 +285,26 @@ def test_diffusers_without_package_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ConvertError, match=r"sparsedm\[diffusers\]"):
         convert(str(folder), str(tmp_path / "o.safetensors"))
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_load_refuses_a_file_with_nan_values(tmp_path):
+    """The converter never writes NaN/Inf, so a converted file holding one is damaged: load names
+    the tensor instead of sampling black images."""
+    from safetensors import safe_open
+
+    from sparsedm.convert import FileFormatError
+
+    model, _ = make_uvit(qkv_bias=True)
+    src, out = tmp_path / "nnet_ema.pth", tmp_path / "ok.safetensors"
+    torch.save(masked_state(model, uvit_sparse_layers(model)), src)
+    convert(str(src), str(out), preset="toy-uvit")
+    sparsedm.load(str(out))  # the intact file loads
+    with safe_open(str(out), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    key = next(k for k in tensors if k.endswith(".values"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[3] = float("nan")
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged), metadata=metadata)
+    with pytest.raises(FileFormatError, match=f"tensor {key} holds 1 NaN/Inf"):
+        sparsedm.load(str(damaged))

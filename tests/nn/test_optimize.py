@@ -160,6 +160,8 @@ def test_unknown_backend_and_quant_fail_early():
         sparsedm.optimize(nn.Linear(64, 64), backend="fast")
     with pytest.raises(ValueError, match="quant must be None or 'int8'"):
         sparsedm.optimize(nn.Linear(64, 64), quant="fp8")
+    with pytest.raises(TypeError, match="optimize takes an nn.Module, got str; for a converted file use sparsedm.load"):
+        sparsedm.optimize("model.safetensors")
 
 
 def test_shared_module_swapped_everywhere():

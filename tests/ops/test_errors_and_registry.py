@@ -123,3 +123,23 @@ def test_backend_status_lists_reference():
         assert name in rows
         if not torch.cuda.is_available():
             assert rows[name][0] is False and rows[name][1]
+
+
+def test_declared_ops_are_the_registered_kernels():
+    """`sparsedm info --backends` lists a backend's declared ops where its kernels cannot load
+    (no GPU): the declaration must match what each kernel module registers when imported."""
+    import importlib
+
+    for module in ("sparsedm.kernels", "sparsedm.ops.cuda_backend", "sparsedm.ops.torch_sparse", "sparsedm.ops.dense"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # e.g. triton missing: that backend's kernels cannot be compared here
+            print(f"{module}: {exc}")
+    compared = 0
+    for name, _, _, listed in registry.backend_status():
+        backend = registry.get_backend(name)
+        assert listed, f"{name} lists no ops"
+        if backend.kernels and not name.startswith("unit_test"):
+            assert sorted(backend.kernels) == sorted(backend.provides), name
+            compared += 1
+    assert compared >= 5

@@ -225,6 +225,11 @@ def test_progressive_distill_sparse_student_and_settings():
     assert not any(p.requires_grad for p in result.student.parameters())
     with pytest.raises(ValueError, match="power of 2"):
         progressive_distill(teacher, torch.randn(8, 8), start_steps=6, end_steps=4, iters_per_round=1)
+    for bad, name in ((dict(start_steps=0, end_steps=0), "start_steps=0"), (dict(batch_size=0), "batch_size=0"),
+                      (dict(iters_per_round=-1), "iters_per_round=-1"), (dict(end_steps=1.5), "end_steps=1.5")):
+        kwargs = {"start_steps": 4, "end_steps": 2, "iters_per_round": 1, **bad}
+        with pytest.raises(ValueError, match=f"{name}: pass a positive integer"):
+            progressive_distill(teacher, torch.randn(8, 8), **kwargs)
     assert sampler_settings(4, clip_x0=None)["clip_x0"] is None
 
 
