@@ -101,7 +101,7 @@ def _run_jobs(all_configs: bool) -> list[dict]:
 
 def _markdown(rows: list[dict]) -> str:
     lines = [
-        "| kernel | dtype | config (BM x BN x BK, warps, stages) | sm | tensor-core instruction | registers | spill (local) bytes | shared bytes | cp.async |",
+        "| kernel | dtype | config (BM x BN x BK, warps, stages) | sm | tensor-core instruction | registers | spill bytes | shared bytes | cp.async |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
