@@ -13,17 +13,20 @@ import argparse
 import importlib
 import json
 import os
+import struct
 import sys
 import time
-from typing import Optional, Sequence
+from typing import IO, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from sparsedm.sampling.run import label_classes, label_rows
+from sparsedm._io import publish, temp_beside
+from sparsedm.sampling.run import label_classes, label_rows, shard
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and the step-noise hash take int64 seeds
 
 
 class SampleError(Exception):
@@ -44,10 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(e.g. sparsedm.sampling.testing:tiny_factory)")
     p.add_argument("-n", "--num-samples", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampler config)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, in 0..2**63-1 (default 0)")
     p.add_argument("-o", "--output", help="PNG grid of the samples (at most --grid-max images)")
     p.add_argument("--npz", help=".npz for FID tools: uint8 NHWC under arr_0 (+ labels)")
-    p.add_argument("--grid-max", type=int, default=256, help="images in the PNG grid (default 256)")
+    p.add_argument("--grid-max", type=int, default=256, help="images in the PNG grid, 1 or more (default 256)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="network dtype (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per network call per device (default 64)")
@@ -118,31 +121,16 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype, *, pr
     if name not in presets:
         raise SampleError(f"unknown preset {name!r}", f"known presets: {', '.join(sorted(presets)) or 'none'}")
     p = presets[name]
-    sd = None
-    if state_dict:
-        if not os.path.isfile(state_dict):
-            raise SampleError(f"--state-dict {state_dict}: no such file", "give the path of the checkpoint's state_dict")
-        try:
-            if state_dict.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                sd = load_file(state_dict, device="cpu")
-            else:
-                sd = torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as e:  # torch/safetensors say "invalid header", "PytorchStreamReader failed", ...
-            raise SampleError(f"--state-dict {state_dict} cannot be read as a checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})",
-                              "pass a torch.save'd state_dict or a .safetensors file") from None
-        if not isinstance(sd, dict):
-            raise SampleError(f"--state-dict {state_dict} holds a {type(sd).__name__}, not a state_dict",
-                              "pass the model's state_dict (or convert the checkpoint with `sparsedm convert`)")
+    sd = _read_state_dict(state_dict) if state_dict else None
     config = models.config_for_checkpoint(p["arch"], p["config"], sd.keys()) if sd is not None else p["config"]
+    if sd is not None:
+        # Compare against a meta-device build (no memory, no init) so a checkpoint of another size
+        # fails in one line before the real model is built (load_state_dict raises on a size
+        # mismatch with a line per tensor, even with strict=False).
+        _check_state_dict_fits(name, state_dict, models.build(p["arch"], config, device="meta").state_dict(), sd)
     model = models.build(p["arch"], config, device=device)
     if sd is not None:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise SampleError(f"--state-dict {state_dict} does not fit preset {name}: missing {list(missing)[:5]}, "
-                              f"unexpected {list(unexpected)[:5]}", "check the preset, or convert the checkpoint first")
+        model.load_state_dict(sd)
     else:
         print(f"sparsedm sample: preset {name} with random weights (no --state-dict): images will be noise-like",
               file=sys.stderr)
@@ -150,6 +138,84 @@ def _load_preset(name: str, state_dict: Optional[str], device: str, dtype, *, pr
     _optimize_preset(name, p["arch"], model, state_dict, prune, quant, backend)
     return {"model": model, "sampler": p.get("sampler"), "shape": (p["in_channels"], p["resolution"], p["resolution"]),
             "num_classes": max(int(p["config"].get("num_classes", 0) or 0), 0), "context_shape": _context_shape(p["config"])}
+
+
+def _file_head(path: str, option: str = "", n: int = 16) -> bytes:
+    """The first ``n`` bytes of an input file; a file that cannot be opened is a SampleError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise SampleError(f"{option} {path} cannot be read: {e.strerror}".lstrip(),
+                          "check the path and the file's permissions (chmod u+r), or copy it somewhere readable") from None
+
+
+def _checkpoint_kind(path: str, head: bytes) -> Optional[str]:
+    """"torch" (torch.save's zip or pickle), "safetensors", or None when the first bytes are neither."""
+    if head.startswith((b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")):
+        return "torch"
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len <= os.path.getsize(path) - 8 and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def _is_converted(path: str) -> bool:
+    """Whether a .safetensors file is one `sparsedm convert` wrote (its metadata holds the manifest)."""
+    from safetensors import safe_open
+
+    from sparsedm.convert.fileformat import MANIFEST_KEY
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return MANIFEST_KEY in (f.metadata() or {})
+    except Exception:  # not readable as safetensors: the load below says so
+        return False
+
+
+def _read_state_dict(path: str) -> dict:
+    """The --state-dict file as a dict of tensors; errors name the file and what to pass instead."""
+    if not os.path.isfile(path):
+        raise SampleError(f"--state-dict {path}: no such file", "give the path of the checkpoint's state_dict")
+    kind = _checkpoint_kind(path, _file_head(path, "--state-dict"))
+    if kind is None:
+        raise SampleError(f"--state-dict {path} cannot be read as a checkpoint: it is neither a torch.save file "
+                          "nor .safetensors",
+                          "pass the model's state_dict, saved with torch.save or safetensors")
+    if kind == "safetensors" and _is_converted(path):
+        raise SampleError(f"--state-dict {path} is a converted sparsedm file, not a plain state_dict",
+                          f"pass it as MODEL instead, without --preset/--state-dict: sparsedm sample {path} ...")
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch/safetensors say "invalid header", "PytorchStreamReader failed", ...
+        raise SampleError(f"--state-dict {path} cannot be read as a checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})",
+                          "pass a torch.save'd state_dict or a .safetensors file") from None
+    if not isinstance(sd, dict):
+        raise SampleError(f"--state-dict {path} holds a {type(sd).__name__}, not a state_dict",
+                          "pass the model's state_dict (or convert the checkpoint with `sparsedm convert`)")
+    return sd
+
+
+def _check_state_dict_fits(preset: str, path: str, expected: dict, sd: dict) -> None:
+    """Every tensor of the preset's model is in ``sd`` with its shape, and ``sd`` holds no other."""
+    for key, want in expected.items():
+        got = sd.get(key)
+        if isinstance(got, torch.Tensor) and tuple(got.shape) != tuple(want.shape):
+            raise SampleError(f"--state-dict {path} does not fit preset {preset}: {key} is {list(got.shape)} in the "
+                              f"file, {list(want.shape)} in the preset",
+                              "pass the preset this checkpoint was trained with (a model of another size needs its own)")
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise SampleError(f"--state-dict {path} does not fit preset {preset}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}", "check the preset, or convert the checkpoint first")
 
 
 def _optimize_preset(name: str, arch: str, model: torch.nn.Module, state_dict: Optional[str], prune: bool,
@@ -180,6 +246,7 @@ def _context_shape(config: dict) -> Optional[tuple[int, int]]:
 def _load_converted(path: str, device: str, dtype, backend: Optional[str]) -> dict:
     if not os.path.exists(path):
         raise SampleError(f"{path}: no such file", "pass a file written by `sparsedm convert`, or --preset/--factory")
+    _file_head(path)  # unreadable: say so here, not as a traceback from the reader
     load = getattr(__import__("sparsedm"), "load", None)
     if load is None:
         raise SampleError("this installation has no sparsedm.load (the runtime loader)", "use --preset or --factory")
@@ -249,6 +316,13 @@ def _latent_decoder(args, shape: tuple, sampler_cfg: dict, device: str):
                               "or U-ViT's autoencoder_kl.pth)")
         raise SampleError(f"{channels}-channel outputs cannot be saved as images", "sample a pixel or latent image model")
     scale = args.latent_scale if args.latent_scale is not None else sampler_cfg.get("autoencoder_scale")
+    one_file = os.path.isfile(args.autoencoder)
+    if one_file and _checkpoint_kind(args.autoencoder, _file_head(args.autoencoder, "--autoencoder")) is None:
+        # the reader would fail on it with a pickle opcode for a message ("KeyError: 101")
+        raise SampleError(f"--autoencoder {args.autoencoder} is not a readable checkpoint of the KL autoencoder "
+                          "(neither a torch.save file nor .safetensors)",
+                          "pass a diffusers AutoencoderKL folder or the autoencoder's state_dict file "
+                          "(U-ViT's autoencoder_kl.pth)")
     try:
         ae = load_autoencoder(args.autoencoder, device=device, dtype=torch.float32, scale=scale)
     except LatentError as e:
@@ -292,17 +366,61 @@ def _text_contexts(args, loaded: dict, sampler_cfg: dict):
 # the command
 
 
+def _check_writable(option: str, path: str) -> None:
+    """Fail before sampling, not after it, when ``path`` cannot be written: create and remove a
+    temporary file beside it, as the final write will."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SampleError(f"cannot write {option} {path}: its directory does not exist", "create it first")
+    if os.path.isdir(path):
+        raise SampleError(f"cannot write {option} {path}: it is a directory", "give a file name inside it")
+    try:
+        fd, tmp = temp_beside(path)
+    except OSError as e:
+        raise SampleError(f"cannot write {option} {path}: {e.strerror} (in {directory})",
+                          "write to a directory you can create files in") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _write_together(outputs: list[tuple[str, Callable[[IO[bytes]], object]]]) -> None:
+    """Write every (path, write) to a temporary file beside its path, and rename them into place
+    only once all are written: a failure (disk full, ...) leaves no output, not one of two."""
+    temps: list[str] = []
+    try:
+        for path, write in outputs:
+            try:
+                fd, tmp = temp_beside(path)
+                temps.append(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise SampleError(f"cannot write {path}: {e.strerror}; no output was written",
+                                  "free disk space or write to another directory, then sample again") from None
+        for tmp, (path, _) in zip(temps, outputs):
+            publish(tmp, path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def run_sample(args: argparse.Namespace) -> int:
     from sparsedm.convert.errors import ConvertError
     from sparsedm.ops import BackendUnavailableError
 
     try:
         return _run(args)
-    except (SampleError, ValueError, FileNotFoundError, ConvertError, BackendUnavailableError) as e:
+    except (SampleError, ValueError, OSError, ConvertError, BackendUnavailableError) as e:
         if args.debug:
             raise
         if isinstance(e, ConvertError):  # already "problem; fix"
             message, hint = str(e), ""
+        elif isinstance(e, OSError) and e.strerror:  # args[0] of an OSError is its errno
+            message = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+            hint = ""
         else:
             message = e.args[0] if e.args else str(e)
             hint = f"\n  what to do: {e.args[1]}" if isinstance(e, SampleError) and len(e.args) > 1 else ""
@@ -317,7 +435,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sparsedm.sampling.images import make_grid, write_npz, write_png
+    from sparsedm.sampling.images import make_grid, png_bytes
     from sparsedm.sampling.run import generate, init_distributed
     from sparsedm.sampling.samplers import from_config
 
@@ -334,11 +452,17 @@ def _run(args: argparse.Namespace) -> int:
         raise SampleError("nothing to write", "pass -o samples.png and/or --npz samples.npz")
     if args.num_samples < 1 or args.batch_size < 1:
         raise SampleError("-n and --batch-size must be positive")
+    if args.grid_max < 1:
+        raise SampleError(f"--grid-max {args.grid_max}: the PNG grid needs at least one image",
+                          "pass --grid-max 1 or more (default 256), or drop -o to write only the .npz")
     if args.output and not args.output.lower().endswith(".png"):
         raise SampleError(f"-o {args.output}: the grid is written as PNG", "use a name ending in .png")
-    for path in (args.output, args.npz):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise SampleError(f"cannot write {path}: its directory does not exist", "create it first")
+    if args.npz and not args.npz.endswith(".npz"):
+        raise SampleError(f"--npz {args.npz}: the file name must end in .npz",
+                          "use a name ending in .npz (numpy would append .npz to any other)")
+    for option, path in (("-o", args.output), ("--npz", args.npz)):
+        if path:
+            _check_writable(option, path)
 
     if args.backend:
         from sparsedm.ops import registry
@@ -348,6 +472,11 @@ def _run(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SampleError(f"--device {device} but CUDA is not available here", "use --device cpu")
     d = init_distributed(device)
+    # Batches are padded past n (shard), and every padded sample owns a seed too.
+    last_index = shard(args.num_samples, d.world, d.world - 1, args.batch_size)[0][-1][-1]
+    if not 0 <= args.seed <= MAX_SEED - last_index:
+        raise SampleError(f"--seed {args.seed} is out of range: sample i uses seed + i, which must lie in 0..2**63-1",
+                          f"pass a --seed from 0 to {MAX_SEED - last_index}")
     if d.active and device == "cuda":
         device = f"cuda:{d.local_rank}"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.startswith("cuda") else torch.float32)
@@ -363,11 +492,20 @@ def _run(args: argparse.Namespace) -> int:
         loaded = _load_converted(args.model, device, dtype, args.backend)
     shape = tuple(int(s) for s in loaded["shape"])
     sampler_cfg = _sampler_config(args, loaded)
+    num_classes = label_classes(int(loaded.get("num_classes", 0) or 0), sampler_cfg.get("null_class"),
+                                label_rows(loaded["model"]))
+    if sampler_cfg.get("cfg_scale") and not num_classes and loaded.get("context_shape") is None:
+        # guidance contrasts a conditional and an unconditional call: with no labels or text there is no pair
+        if args.cfg_scale is not None:
+            raise SampleError(f"--cfg-scale {args.cfg_scale}: this model is unconditional (no class labels, no text), "
+                              "so classifier-free guidance has nothing to guide",
+                              "drop --cfg-scale; guidance needs a class-conditional model (--class-label C picks "
+                              "the class) or a text model (--context)")
+        raise SampleError(f"the sampler config sets cfg_scale {sampler_cfg['cfg_scale']}, but this model is "
+                          "unconditional (no class labels, no text)", "pass --cfg-scale 0")
     contexts, uncond_context = _text_contexts(args, loaded, sampler_cfg)
     decoder = _latent_decoder(args, shape, sampler_cfg, device)
     sampler = from_config(sampler_cfg)
-    num_classes = label_classes(int(loaded.get("num_classes", 0) or 0), sampler_cfg.get("null_class"),
-                                label_rows(loaded["model"]))
     if args.class_label is not None and not 0 <= args.class_label < max(num_classes, 1):
         raise SampleError(f"--class-label {args.class_label} is out of range",
                           f"the model has {num_classes} classes (0..{num_classes - 1})" if num_classes else
@@ -384,7 +522,6 @@ def _run(args: argparse.Namespace) -> int:
         model = GraphedModel(model)
 
     from tqdm import tqdm
-    from sparsedm.sampling.run import shard
 
     batches, bs = shard(args.num_samples, d.world, d.rank, args.batch_size)
     bar = tqdm(total=len(batches) * sampler.steps, unit="step", desc=f"sample {sampler.kind}",
@@ -401,14 +538,17 @@ def _run(args: argparse.Namespace) -> int:
     bar.close()
     elapsed = time.perf_counter() - t0
     if d.rank == 0:
+        outputs = []
         if args.npz:
             extra = {"labels": labels} if labels is not None else {}
             if contexts is not None:
                 extra["prompt_index"] = np.arange(args.num_samples, dtype=np.int64) % contexts.shape[0]
-            write_npz(args.npz, images, **extra)
+            outputs.append((args.npz, lambda f: np.savez(f, images, **extra)))
         if args.output:
             grid = make_grid(images[: args.grid_max])
-            write_png(args.output, grid if grid.shape[2] != 1 else grid[:, :, 0])
+            png = png_bytes(np.ascontiguousarray(grid if grid.shape[2] != 1 else grid[:, :, 0]))
+            outputs.append((args.output, lambda f: f.write(png)))
+        _write_together(outputs)
         wrote = " and ".join(p for p in (args.output, args.npz) if p)
         print(f"sparsedm sample: {args.num_samples} images ({sampler.describe()}; batch {bs} x {d.world} "
               f"rank{'s' if d.world > 1 else ''}) in {elapsed:.1f} s, {args.num_samples / elapsed:.2f} images/s; wrote {wrote}",

@@ -58,11 +58,3 @@ def write_png(path: str, image: np.ndarray) -> None:
     data = png_bytes(np.ascontiguousarray(image))
     with atomic_open(path) as f:
         f.write(data)
-
-
-def write_npz(path: str, images: np.ndarray, **extra) -> None:
-    """uint8 NHWC images under ``arr_0`` (plus extra arrays, e.g. ``labels``)."""
-    if not str(path).endswith(".npz"):
-        raise ValueError(f"--npz {path}: the file name must end in .npz (numpy would append it)")
-    with atomic_open(path) as f:
-        np.savez(f, images, **extra)
