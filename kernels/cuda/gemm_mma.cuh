@@ -355,7 +355,7 @@ __device__ __forceinline__ void gemm_block(const GemmParams p, const XTile& xtil
     const uint32_t* ms = reinterpret_cast<const uint32_t*>(xs + SB::kX + SB::kA);
 
     // Metadata of the whole stage for my tiles: one 8-byte load per tile (both sparse steps).
-    uint2 meta[Cfg::kWarpMT];
+    uint2 meta[Cfg::kWarpMT] = {};  // dense int8 passes it to an mma that ignores it: defined anyway
     if constexpr (Traits::kSparse) {
 #pragma unroll
       for (int a = 0; a < Cfg::kWarpMT; ++a) {
