@@ -220,14 +220,17 @@ fi
 if want sanitizer; then
   step "compute-sanitizer on small calls of every op and backend"
   if command -v compute-sanitizer >/dev/null; then
+    # Triton autotuning off: timing every candidate of every new shape under the sanitizer
+    # would spend the budget on compiles, not on the checks.
     if [ $QUICK = 1 ]; then
       # every case under memcheck, then racecheck on the cuda kernels' refilled pipeline slots,
       # split-K and the conv (the shared-memory hazards only a GPU can show)
-      run compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" bench/sanitizer_case.py
-      run compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" bench/sanitizer_case.py --cases pipeline,split,conv --backends cuda
+      SPARSEDM_TRITON_AUTOTUNE=0 run compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" bench/sanitizer_case.py
+      SPARSEDM_TRITON_AUTOTUNE=0 run compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" bench/sanitizer_case.py \
+        --cases pipeline,split,conv --backends cuda
     else
       for tool in memcheck racecheck synccheck; do
-        run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
+        SPARSEDM_TRITON_AUTOTUNE=0 run compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/sanitizer_case.py
       done
     fi
   else

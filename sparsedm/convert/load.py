@@ -20,7 +20,7 @@ from torch import nn
 from sparsedm import ops
 from sparsedm.convert import arch as archs
 from sparsedm.convert.errors import FileFormatError
-from sparsedm.convert.fileformat import read_header, read_tensors
+from sparsedm.convert.fileformat import count_nonfinite, read_header, read_tensors
 
 
 class _CompressedLayer(nn.Module):
@@ -179,8 +179,9 @@ def load(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dt
                 extra_state[f"{name}.weight_shape"] = torch.tensor(info["weight_shape"], dtype=torch.int64)
     state = read_tensors(header, device="cpu")
     for key, t in state.items():  # the converter refuses NaN/Inf, so one here is a damaged file
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise FileFormatError(f"{path}: tensor {key} holds {int((~torch.isfinite(t)).sum())} NaN/Inf value(s); "
+        bad = count_nonfinite(t)
+        if bad:
+            raise FileFormatError(f"{path}: tensor {key} holds {bad} NaN/Inf value(s); "
                                   f"the converter never writes them, so the file is damaged",
                                   "re-convert the checkpoint (or copy the file again)")
     state = {renames.get(k, k): v for k, v in state.items()}

@@ -26,7 +26,7 @@ from sparsedm.sampling.run import label_classes, label_rows, shard
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and the step-noise hash take int64 seeds
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # torch.Generator.manual_seed and the step-noise hash take int64 seeds
 
 
 class SampleError(Exception):
@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(e.g. sparsedm.sampling.testing:tiny_factory)")
     p.add_argument("-n", "--num-samples", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's sampler config)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, in 0..2**63-1 (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, an int64 (default 0)")
     p.add_argument("-o", "--output", help="PNG grid of the samples (at most --grid-max images)")
     p.add_argument("--npz", help=".npz for FID tools: uint8 NHWC under arr_0 (+ labels)")
     p.add_argument("--grid-max", type=int, default=256, help="images in the PNG grid, 1 or more (default 256)")
@@ -385,7 +385,8 @@ def _check_writable(option: str, path: str) -> None:
 
 def _write_together(outputs: list[tuple[str, Callable[[IO[bytes]], object]]]) -> None:
     """Write every (path, write) to a temporary file beside its path, and rename them into place
-    only once all are written: a failure (disk full, ...) leaves no output, not one of two."""
+    only once all are written: a failed write (disk full, ...) leaves no output, not one of two.
+    (The renames themselves come last; each is atomic, and they fail only on a vanished directory.)"""
     temps: list[str] = []
     try:
         for path, write in outputs:
@@ -452,7 +453,7 @@ def _run(args: argparse.Namespace) -> int:
         raise SampleError("nothing to write", "pass -o samples.png and/or --npz samples.npz")
     if args.num_samples < 1 or args.batch_size < 1:
         raise SampleError("-n and --batch-size must be positive")
-    if args.grid_max < 1:
+    if args.output and args.grid_max < 1:
         raise SampleError(f"--grid-max {args.grid_max}: the PNG grid needs at least one image",
                           "pass --grid-max 1 or more (default 256), or drop -o to write only the .npz")
     if args.output and not args.output.lower().endswith(".png"):
@@ -474,9 +475,9 @@ def _run(args: argparse.Namespace) -> int:
     d = init_distributed(device)
     # Batches are padded past n (shard), and every padded sample owns a seed too.
     last_index = shard(args.num_samples, d.world, d.world - 1, args.batch_size)[0][-1][-1]
-    if not 0 <= args.seed <= MAX_SEED - last_index:
-        raise SampleError(f"--seed {args.seed} is out of range: sample i uses seed + i, which must lie in 0..2**63-1",
-                          f"pass a --seed from 0 to {MAX_SEED - last_index}")
+    if not MIN_SEED <= args.seed <= MAX_SEED - last_index:
+        raise SampleError(f"--seed {args.seed} is out of range: sample i uses seed + i, which must be an int64",
+                          f"pass a --seed from {MIN_SEED} to {MAX_SEED - last_index}")
     if d.active and device == "cuda":
         device = f"cuda:{d.local_rank}"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.startswith("cuda") else torch.float32)

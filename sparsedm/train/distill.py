@@ -297,8 +297,9 @@ def progressive_distill(teacher: nn.Module, data: Union[torch.Tensor, Callable[[
     """
     from sparsedm.train.srste import finalize, sparsify_for_training
 
-    for name, value in (("start_steps", start_steps), ("end_steps", end_steps), ("iters_per_round", iters_per_round),
-                        ("batch_size", batch_size), ("log_every", log_every)):
+    counts = [("start_steps", start_steps), ("end_steps", end_steps), ("iters_per_round", iters_per_round),
+              ("batch_size", batch_size)] + ([("log_every", log_every)] if log is not None else [])
+    for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: pass a positive integer")
     if start_steps % end_steps or (start_steps // end_steps) & (start_steps // end_steps - 1):

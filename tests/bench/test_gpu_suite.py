@@ -57,7 +57,7 @@ def suite(tmp_path):
     py = tools / "fakepython"
     py.write_text(FAKE_PY)
     for name in ("nvidia-smi", "compute-sanitizer"):
-        (tools / name).write_text(f'#!/usr/bin/env bash\necho "TOOL {name} $*" >> "$FAKE_LOG"\nexit 0\n')
+        (tools / name).write_text(f'#!/usr/bin/env bash\necho "TOOL {name} AUTOTUNE=${{SPARSEDM_TRITON_AUTOTUNE:-unset}} $*" >> "$FAKE_LOG"\nexit 0\n')
     # nvcc "builds" the probe: a script at its -o path that logs its run
     (tools / "nvcc").write_text(
         '#!/usr/bin/env bash\necho "TOOL nvcc $*" >> "$FAKE_LOG"\nprev=""\n'
@@ -117,6 +117,7 @@ def test_quick_runs_everything_in_order_with_limits(suite):
     assert "--shapes ddpm-unet,sd15-unet" in calls[_index(calls, "--op conv")]
     sanitizer = [c for c in calls if "TOOL compute-sanitizer" in c]
     assert [s.split("--tool ")[1].split()[0] for s in sanitizer] == ["memcheck", "racecheck"], sanitizer
+    assert all("AUTOTUNE=0 " in s for s in sanitizer), sanitizer  # no autotuning under the sanitizer
     assert sanitizer[0].endswith("bench/sanitizer_case.py"), sanitizer  # every case
     assert sanitizer[1].endswith("bench/sanitizer_case.py --cases pipeline,split,conv --backends cuda"), sanitizer
     assert "-arch=sm_90 " in calls[_index(calls, "TOOL nvcc -std")] and f"{STEM}mma-probe.json" in calls[_index(calls, "TOOL probe")]

@@ -327,7 +327,7 @@ def test_split_k_private_op_residual_and_auto_rule():
         assert _rel_err(y, ref) < 3e-3, f"split_k={split_k}"
 
 
-@pytest.mark.parametrize("k", [72 * 8, 4096])
+@pytest.mark.parametrize("k", [640, 4096])  # multiples of the int8 K stage (128); 640 is no power of two
 def test_quantize_rows_nan_row_like_torch(k):
     """A NaN makes its row's scale NaN and codes 0, as torch's amax (fmaxf alone would skip it
     and give a finite, wrong row); the int8 GEMM's output row is then NaN, the others exact."""

@@ -200,16 +200,17 @@ def test_grid_max_one_is_a_one_image_grid(tmp_path):
 # ---- 5. messages that name the option and the fix
 
 
-@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", str(2**63 - 1)])
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(-(2**63) - 1), str(2**63 - 1)])
 def test_seed_out_of_range_names_seed(seed, tmp_path, capsys, no_sampling):
     err = _fails([f"--factory={TINY}", "--npz", str(tmp_path / "s.npz"), "--seed", seed, *FAST], capsys)
     # -n 2: samples use seed and seed + 1, so the largest seed is 2**63 - 2
-    assert f"--seed {seed} is out of range" in err and f"pass a --seed from 0 to {2**63 - 2}" in err
+    assert f"--seed {seed} is out of range" in err and f"pass a --seed from {-(2**63)} to {2**63 - 2}" in err
 
 
-def test_largest_seed_samples(tmp_path):
+@pytest.mark.parametrize("seed", [2**63 - 2, -5])  # the largest seed, and a negative one (valid before the range check)
+def test_seeds_in_range_sample(seed, tmp_path):
     npz = tmp_path / "s.npz"
-    assert main([f"--factory={TINY}", "--npz", str(npz), "--seed", str(2**63 - 2), *FAST]) == 0
+    assert main([f"--factory={TINY}", "--npz", str(npz), "--seed", str(seed), *FAST]) == 0
     assert np.load(npz)["arr_0"].shape[0] == 2
 
 
