@@ -435,6 +435,9 @@ SPLIT_K_TRAFFIC_DIV = 32
 SPLIT_K_MAX = 16  # bounds the workspace (SPLIT_K * M * N * 4 bytes) and the reduction's reads
 # The reduction pass: a [<=16, 128] tile per program, elementwise over the workspace.
 _REDUCE_BLOCK_N = 128
+# 8 warps (8 elements per thread): with 4, triton 3.6 gave the int8 per-tensor-scale silu
+# variant an 8-byte stack spill on sm_90.
+_REDUCE_WARPS = 8
 
 
 def split_k_for(m: int, n: int, k: int, sm_count: Optional[int]) -> int:
@@ -698,7 +701,7 @@ def _launch_gemm(
             ACTIVATION=ACTIVATION_CODE[activation],
             BLOCK_M=block_m,
             BLOCK_N=_REDUCE_BLOCK_N,
-            num_warps=4,
+            num_warps=_REDUCE_WARPS,
         )
     return y.to(out_dtype) if store_fp32 else y
 

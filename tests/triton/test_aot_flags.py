@@ -98,7 +98,7 @@ def _reduce(job):
 
     int8, per_token, bias, act, y = job
     sig, cx, div = linear.aot_reduce_spec(int8, per_token=per_token, bias=bias, activation=act, y=y)
-    return aot.compile_for(linear._split_k_reduce_kernel, sig, cx, CC, num_warps=4, divisible_by_16=div)
+    return aot.compile_for(linear._split_k_reduce_kernel, sig, cx, CC, num_warps=linear._REDUCE_WARPS, divisible_by_16=div)
 
 
 def _quant(job):

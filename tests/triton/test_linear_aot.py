@@ -84,7 +84,7 @@ def _reduce_rows() -> list[dict]:
     for int8 in (False, True):
         signature, constexprs, divisible = linear.aot_reduce_spec(int8)
         for cc in CCS:
-            compiled = aot.compile_for(linear._split_k_reduce_kernel, signature, constexprs, cc, num_warps=4,
+            compiled = aot.compile_for(linear._split_k_reduce_kernel, signature, constexprs, cc, num_warps=linear._REDUCE_WARPS,
                                        num_stages=1, divisible_by_16=divisible)
             rows.append({"int8": int8, "cc": cc, "registers": compiled.registers, "spill_bytes": compiled.spill_bytes,
                          "shared_bytes": compiled.shared_bytes, "mma": compiled.mma})
@@ -145,6 +145,8 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def _reduce_markdown(rows: list[dict]) -> str:
+    from sparsedm.kernels import linear
+
     lines = [
         "| split-K reduction | tile MxN | warps | registers sm_80/86/90 | shared bytes sm_80/86/90 | spills |",
         "|---|---|---|---|---|---|",
@@ -154,7 +156,7 @@ def _reduce_markdown(rows: list[dict]) -> str:
         regs = "/".join(str(by_cc[cc]["registers"]) for cc in CCS)
         shared = "/".join(str(by_cc[cc]["shared_bytes"]) for cc in CCS)
         spills = "none" if all(by_cc[cc]["spill_bytes"] == 0 for cc in CCS) else "YES"
-        lines.append(f"| {'int32' if int8 else 'float32'} partials, fp16 out | 16x128 | 4 | {regs} | {shared} | {spills} |")
+        lines.append(f"| {'int32' if int8 else 'float32'} partials, fp16 out | 16x128 | {linear._REDUCE_WARPS} | {regs} | {shared} | {spills} |")
     return "\n".join(lines)
 
 
