@@ -163,12 +163,13 @@ def _model(args: argparse.Namespace) -> int:
         print("error: --override changes a preset's config; a converted file is measured as it is (drop --override)",
               file=sys.stderr)
         return 2
+    overrides = None
     if args.override:
         try:
-            override = json.loads(args.override)
-        except json.JSONDecodeError as exc:
-            override = exc
-        if not isinstance(override, dict):
+            overrides = json.loads(args.override)
+        except json.JSONDecodeError:
+            overrides = None
+        if not isinstance(overrides, dict):
             print(f"error: --override {args.override!r} is not a JSON object; pass one such as '{{\"depth\": 2}}'", file=sys.stderr)
             return 2
     problem = _check_setup(args.out, [args.backend])
@@ -182,7 +183,6 @@ def _model(args: argparse.Namespace) -> int:
         if args.model:
             spec, base = model_bench.from_file(args.model)
         else:
-            overrides = json.loads(args.override) if args.override else None
             spec = model_bench.spec_from_preset(args.preset, overrides)
     except ConvertError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -206,7 +206,7 @@ def _model(args: argparse.Namespace) -> int:
     hdr = header(device)
     if args.override:  # a shrunk or altered preset is not the preset: say so in the name and the header
         setting += "-override"
-        hdr["override"] = json.loads(args.override)
+        hdr["override"] = overrides
     paths = write_results(rows, hdr, args.out, f"model-{spec.name}{setting}")
     print("\nwrote " + ", ".join(paths.values()))
     return 0
