@@ -67,3 +67,17 @@ def spills_known(row: dict) -> bool:
             "cuobjdump and ptxas are there but their reports were not understood")
         return False
     return True
+
+
+# The largest dynamic shared memory one block may opt into on sm_86/sm_89 (A40, RTX 30xx/40xx,
+# L40): 99 KiB, the smallest of the archs served. A Triton config past it cannot launch there.
+SM86_SMEM_OPTIN = 101376
+
+
+def check_fp32_aot_row(row: dict, where: str) -> None:
+    """An AOT row of a float32 (IEEE dot) kernel: no tensor-core instruction by design, no
+    spills, shared memory within sm_86's opt-in limit."""
+    assert not row["mma"], f"{where}: IEEE float32 should not use tensor cores: {row['mma']}"
+    if spills_known(row):
+        assert row["spill_bytes"] == 0, f"{where}: ptxas spilled {row['spill_bytes']} bytes"
+    assert row["shared_bytes"] <= SM86_SMEM_OPTIN, f"{where}: {row['shared_bytes']} bytes of shared memory exceed sm_86's {SM86_SMEM_OPTIN}"

@@ -155,22 +155,16 @@ def test_conv_uses_tensor_cores(aot_rows, cc, dtype):
         assert {r["layout"] for r in rows} == {"nhwc", "nchw"}
 
 
-# sm_86/89's largest dynamic shared memory per block (99 KiB), the smallest of the archs served.
-SM86_SMEM_OPTIN = 101376
-
-
 @pytest.mark.parametrize("cc", CCS)
 def test_conv_fp32_fits_without_spills(aot_rows, cc):
     """float32 (IEEE dots): no tensor cores by design, no spills in either layout, and shared
     memory within sm_86's limit."""
+    from tests.helpers import check_fp32_aot_row
+
     rows = [r for r in aot_rows if r["kernel"] == "sparse24_conv2d" and r["cc"] == cc and r["dtype"] == "float32"]
     assert {r["layout"] for r in rows} == {"nhwc", "nchw"}
     for r in rows:
-        where = f"sm_{cc} float32 {r['layout']} {r['cfg']}"
-        assert not r["mma"], f"{where}: unexpected tensor-core instructions {r['mma']}"
-        if _spills_known(r):
-            assert r["spill_bytes"] == 0, f"{where}: {r['spill_bytes']} bytes of register spills"
-        assert r["shared_bytes"] <= SM86_SMEM_OPTIN, f"{where}: {r['shared_bytes']} bytes of shared memory"
+        check_fp32_aot_row(r, f"sm_{cc} float32 {r['layout']} {r['cfg']}")
 
 
 @pytest.mark.parametrize("cc", CCS)

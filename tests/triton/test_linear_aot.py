@@ -37,10 +37,6 @@ EXPECTED_MMA = {
 }
 # float32 variants: IEEE dots, FMA by design (no tensor cores), on their own tile lists.
 FP32_VARIANTS = ("sparse_fp32", "sparse_fp32_splitk")
-# The largest dynamic shared memory one block may opt into on sm_86/sm_89 (A40, RTX 30xx/40xx,
-# L40): 99 KiB, the smallest of the archs served. An autotuner whose every candidate exceeds it,
-# or that runs its first candidate alone (SPARSEDM_TRITON_AUTOTUNE=0), fails to launch.
-SM86_SMEM_OPTIN = 101376
 
 
 def _compile(variant: str, config, cc: int):
@@ -186,23 +182,22 @@ def test_fp32_tiles_fit_every_arch_without_spills(gemm_rows, variant):
     """Every float32 candidate: no spills on any arch, shared memory within sm_86's opt-in
     limit, and no tensor-core instruction (IEEE float32 is an FMA loop)."""
     from sparsedm.kernels import linear
+    from tests.helpers import check_fp32_aot_row
 
     rows = [r for r in gemm_rows if r["variant"] == variant]
     # the lists themselves: under the interpreter (this process) configs_for gives its one config
     lists = [linear._FP32_SPLIT_K_CONFIGS] if variant.endswith("splitk") else [linear._FP32_SMALL_M_CONFIGS, linear._FP32_LARGE_M_CONFIGS]
     assert len(rows) == len(CCS) * sum(len(x) for x in lists), rows
     for r in rows:
-        where = f"{variant} ({r['bucket']} list) tile {r['tile']} w{r['warps']}s{r['stages']} on sm_{r['cc']}"
-        assert not r["mma"], f"{where}: IEEE float32 should not use tensor cores: {r['mma']}"
-        if _spills_known(r):
-            assert r["spill_bytes"] == 0, f"{where}: ptxas spilled {r['spill_bytes']} bytes"
-        assert r["shared_bytes"] <= SM86_SMEM_OPTIN, f"{where}: {r['shared_bytes']} bytes of shared memory exceed sm_86's {SM86_SMEM_OPTIN}"
+        check_fp32_aot_row(r, f"{variant} ({r['bucket']} list) tile {r['tile']} w{r['warps']}s{r['stages']} on sm_{r['cc']}")
 
 
 def test_first_config_of_every_list_fits_sm86(gemm_rows):
     """The candidate an autotuner falls back to (and the only one under SPARSEDM_TRITON_AUTOTUNE=0)
-    launches on sm_86/89: the first config of each list within its 99 KiB."""
+    launches on sm_86/89: the first config of each list within its 99 KiB (an autotuner whose every
+    candidate exceeds it, or that runs its first alone, fails to launch there)."""
     from sparsedm.kernels import linear
+    from tests.helpers import SM86_SMEM_OPTIN
 
     rows = [r for r in gemm_rows if r["cc"] == 86 and r["first"]]
     assert {r["variant"] for r in rows} == set(linear.AOT_VARIANTS), rows
